@@ -1,0 +1,1 @@
+"""Hospital side: ClientApp handlers, local training and evaluation, and the `xincept-client` CLI."""

@@ -1,0 +1,1 @@
+"""Science code shared by server and client. Never imports the Flower runtime."""

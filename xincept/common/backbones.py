@@ -1,0 +1,194 @@
+"""Frozen ImageNet backbones (timm), their preprocessing and a weights fingerprint.
+
+Weights come from, in order: a staged local folder (``--weights-dir`` or ``XINCEPT_WEIGHTS_DIR``),
+timm's pretrained download when online, or random initialisation only when asked for
+explicitly (``pretrained=False``), which is logged as a warning and recorded in every output.
+Random initialisation is seeded by the backbone name, so every site builds the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from xincept.common.config import BackboneConfig
+from xincept.common.errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "XINCEPT_WEIGHTS_DIR"
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--no-pretrained): backbones are not ImageNet-trained; results are not clinical evidence"
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor: ``model(x)`` gives pooled features of width ``num_features``."""
+
+    name: str
+    model: "torch.nn.Module"
+    num_features: int
+    fingerprint: str
+    weights: str  # "imagenet (timm)", "local:<file>" or "random"
+    data_config: dict[str, Any]
+    transform: Callable
+
+    @property
+    def preprocess_key(self) -> str:
+        """Hash of everything that changes the features of an image."""
+        blob = json.dumps({"name": self.name, "fp": self.fingerprint, "cfg": self.data_config}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.fingerprint[:16]}-{self.preprocess_key}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "weights": self.weights,
+            "num_features": self.num_features,
+            "preprocessing": self.data_config,
+        }
+
+
+def weights_dir_from(cfg: BackboneConfig) -> Path | None:
+    if cfg.weights_dir is not None:
+        return Path(cfg.weights_dir)
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env) if env else None
+
+
+def staged_weights_file(weights_dir: Path, name: str) -> Path:
+    """The file a staged backbone is expected in: ``<weights_dir>/<name>.safetensors``."""
+    return weights_dir / f"{name}.safetensors"
+
+
+def staging_hint(name: str, weights_dir: Path | None) -> str:
+    target = weights_dir or Path("WEIGHTS_DIR")
+    return (
+        f"stage it on a connected machine with `xincept-client stage-weights --out {target}` "
+        f"(writes {staged_weights_file(target, name)}), copy the folder to this machine and pass "
+        f"--weights-dir {target} (or set {WEIGHTS_ENV}); or run with --no-pretrained for random weights (not for clinical use)"
+    )
+
+
+def fingerprint_state_dict(state: dict[str, "torch.Tensor"]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes of a state dict, in sorted key order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _name_seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str]:
+    import timm
+    import torch
+
+    if not cfg.pretrained:
+        log.warning("%s: %s", name, RANDOM_WEIGHTS_WARNING)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_name_seed(name))
+            return timm.create_model(name, pretrained=False, num_classes=0), "random"
+
+    weights_dir = weights_dir_from(cfg)
+    if weights_dir is not None:
+        path = staged_weights_file(weights_dir, name)
+        if not path.is_file():
+            raise WeightsError(f"backbone {name}: expected staged weights at {path}, which does not exist; {staging_hint(name, weights_dir)}")
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        try:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+            state = {k: v for k, v in state.items() if not k.startswith(_classifier_prefixes(model))}
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise WeightsError(f"backbone {name}: weights file {path} could not be loaded ({exc}); re-stage it with `xincept-client stage-weights`") from exc
+        return model, f"local:{path}"
+
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0), "imagenet (timm)"
+    except Exception as exc:  # network, hub or cache errors
+        raise WeightsError(
+            f"backbone {name}: could not download ImageNet weights ({type(exc).__name__}: {exc}). "
+            f"Offline? {staging_hint(name, None)}"
+        ) from exc
+
+
+def _classifier_prefixes(model: "torch.nn.Module") -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier", "fc")
+    names = names if isinstance(names, (list, tuple)) else [names]
+    return tuple(f"{n}." for n in names)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_backbone(name: str, cfg: BackboneConfig) -> Backbone:
+    """Build one frozen backbone with its eval preprocessing at ``cfg.input_size``."""
+    import timm
+    from timm.data import create_transform, resolve_model_data_config
+
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        raise WeightsError(f"unknown backbone {name!r}: use a timm model name such as 'legacy_xception' or 'inception_v3'")
+    model, weights = _create(name, cfg)
+    model.eval().requires_grad_(False)
+    data_config = dict(resolve_model_data_config(model))
+    data_config["input_size"] = (3, cfg.input_size, cfg.input_size)
+    transform = create_transform(**data_config, is_training=False)
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+    fingerprint = fingerprint_state_dict(model.state_dict())
+    return Backbone(
+        name=name,
+        model=model,
+        num_features=int(model.num_features),
+        fingerprint=fingerprint,
+        weights=weights,
+        data_config=data_config,
+        transform=transform,
+    )
+
+
+def load_backbones(cfg: BackboneConfig) -> list[Backbone]:
+    return [load_backbone(name, cfg) for name in cfg.names]
+
+
+def stage_weights(names: tuple[str, ...], out: Path) -> dict[str, str]:
+    """Download timm's ImageNet weights (on a connected machine) into ``out`` with checksums."""
+    import timm
+    from safetensors.torch import save_file
+
+    from xincept.common.atomic import write_text_atomic, write_with_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    sums: dict[str, str] = {}
+    for name in names:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        path = staged_weights_file(out, name)
+        write_with_atomic(path, lambda tmp: save_file(state, str(tmp)))
+        sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    write_text_atomic(out / "SHA256SUMS.txt", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    return sums

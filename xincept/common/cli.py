@@ -1,0 +1,89 @@
+"""Shared pieces of both CLIs: option aliases, logging, and error handling. Imports no torch."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Site data folder: DIR/<class>/<image> (jpg, png, bmp, tif).")]
+ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Optional CSV with columns path,label[,group][,split].")]
+ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Expected classes in label order, comma-separated (default: the class folders found).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone weights (no download). Recorded as a warning in every output; not for clinical use.")]
+WeightsDirOpt = Annotated[Path | None, typer.Option("--weights-dir", envvar="XINCEPT_WEIGHTS_DIR", help="Folder of staged backbone weights (<name>.safetensors) for offline sites.")]
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="XINCEPT_CACHE_DIR", help="Embedding cache folder (default ~/.cache/xincept).")]
+InputSizeOpt = Annotated[int, typer.Option("--input-size", help="Backbone input size in pixels (thesis: 224).")]
+BackbonesOpt = Annotated[str, typer.Option("--backbones", help="Comma-separated timm backbone names.")]
+GroupBlockOpt = Annotated[int, typer.Option("--group-block", help="Consecutive file numbers per patient group (used when no manifest group column).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or json.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False, console=_err_console())],
+        force=True,
+    )
+    for noisy in ("timm", "urllib3", "matplotlib", "PIL", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def split_names(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names or None
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn user-fixable errors into one clear message and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from xincept.common.errors import XinceptError
+
+        try:
+            return fn(*args, **kwargs)
+        except XinceptError as exc:
+            _err_console().print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except ValueError as exc:  # invalid settings from config dataclasses
+            _err_console().print(f"[bold red]error:[/] invalid setting: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _err_console().print("[yellow]interrupted[/]: finished work is kept (embedding cache, checkpoints); rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter(f"--format {fmt!r}: choose text or json")
+    return fmt
+
+
+def stdout_json(obj: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,123 @@
+"""Settings parsed once into frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+THESIS_BACKBONES: tuple[str, str] = ("legacy_xception", "inception_v3")
+ALL_CLASSES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
+
+
+def default_cache_dir() -> Path:
+    """Where embeddings are cached: ``$XINCEPT_CACHE_DIR`` or ``~/.cache/xincept``."""
+    env = os.environ.get("XINCEPT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xincept"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which frozen backbones embed images, and with which weights."""
+
+    names: tuple[str, ...] = THESIS_BACKBONES
+    input_size: int = 224
+    pretrained: bool = True
+    weights_dir: Path | None = None
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 75:
+            raise ValueError(f"input_size={self.input_size}: at least 75 px is needed (InceptionV3's minimum)")
+        if not self.names:
+            raise ValueError("at least one backbone name is needed")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Fused dense head (thesis Algorithm 1) and how it is trained."""
+
+    activation: str = "relu"
+    branch_width: int = 64
+    fusion_widths: tuple[int, int] = (128, 64)
+    l2: float = 0.01
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"activation={self.activation!r}: choose 'relu' or 'gelu'")
+
+
+@dataclass(frozen=True)
+class XGBConfig:
+    """XGBoost on shared embeddings."""
+
+    n_estimators: int = 300
+    max_depth: int = 4
+    learning_rate: float = 0.1
+    subsample: float = 0.9
+    colsample_bytree: float = 0.9
+    max_bin: int = 256
+    early_stopping_rounds: int = 30
+    features: str = "embedding"  # or "fused" (the raw concatenated pooled features)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.features not in ("embedding", "fused"):
+            raise ValueError(f"xgb features={self.features!r}: choose 'embedding' or 'fused'")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Grouped, stratified, deterministic splits."""
+
+    folds: int = 5
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    group_block: int = 25
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"folds={self.folds}: at least 2 folds are needed")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction={self.val_fraction}: choose a value in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmented views per training image (thesis Table 3.2); 0 turns augmentation off."""
+
+    views: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    xgb: XGBConfig = field(default_factory=XGBConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    def to_dict(self) -> dict:
+        def fix(v: object) -> object:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, tuple):
+                return list(v)
+            if isinstance(v, dict):
+                return {k: fix(x) for k, x in v.items()}
+            return v
+
+        return fix(asdict(self))  # type: ignore[return-value]

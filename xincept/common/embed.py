@@ -1,0 +1,109 @@
+"""Embed site images once through every frozen backbone, through the on-disk cache."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xincept.common.augment import augment
+from xincept.common.backbones import Backbone, resolve_device
+from xincept.common.cache import FeatureCache
+from xincept.common.config import BackboneConfig
+from xincept.common.data import ImageRecord
+from xincept.common.errors import DataError
+from xincept.common.progress import track
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    """Pooled features per backbone: ``base[name]`` is (N, F); ``views[name]`` is (N, V, F)."""
+
+    base: dict[str, np.ndarray]
+    views: dict[str, np.ndarray]
+    computed: int  # how many (image, view) items were embedded now rather than read from cache
+
+    def fused(self) -> np.ndarray:
+        """The raw concatenated pooled features (N, sum F)."""
+        return np.concatenate([self.base[k] for k in self.base], axis=1)
+
+
+class _ImageViews:
+    """torch Dataset of (image path, sha256, view) -> one tensor per backbone."""
+
+    def __init__(self, items: list[tuple[Path, str, int]], transforms: list, seed: int) -> None:
+        self.items, self.transforms, self.seed = items, transforms, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, sha, view = self.items[i]
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except Exception as exc:
+            raise DataError(f"image {path} became unreadable during embedding ({exc}); rerun `xincept-client check`") from exc
+        if view > 0:
+            rgb = augment(rgb, sha, view, self.seed)
+        return tuple(t(rgb) for t in self.transforms)
+
+
+def embed_records(
+    records: list[ImageRecord],
+    backbones: list[Backbone],
+    cache_root: Path,
+    cfg: BackboneConfig,
+    views: int = 0,
+    aug_seed: int = 0,
+    show_progress: bool = True,
+) -> Embeddings:
+    """Return pooled features for every record (and ``views`` augmented views each).
+
+    Only images missing from the cache go through the backbones; duplicates are embedded once.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    caches = [FeatureCache(cache_root, b.cache_key, meta=b.describe()) for b in backbones]
+    first_path: dict[str, Path] = {}
+    for r in records:
+        first_path.setdefault(r.sha256, r.path)
+    wanted = [(sha, v) for sha in first_path for v in range(views + 1)]
+    todo = [(first_path[sha], sha, v) for sha, v in wanted if not all(c.has(sha, v, aug_seed) for c in caches)]
+
+    if todo:
+        device = resolve_device(cfg.device)
+        log.info("embedding %d image view(s) through %s on %s (%d cached)", len(todo), [b.name for b in backbones], device, len(wanted) - len(todo))
+        loader = DataLoader(
+            _ImageViews(todo, [b.transform for b in backbones], aug_seed),
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            pin_memory=device.startswith("cuda"),
+        )
+        models = [b.model.to(device).to(memory_format=torch.channels_last) for b in backbones]
+        batches = track(loader, "embedding images", total=len(loader)) if show_progress else loader
+        start = 0
+        with torch.inference_mode():
+            for batch in batches:
+                n = batch[0].shape[0]
+                for model, cache, x in zip(models, caches, batch):
+                    feats = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+                    for (_, sha, v), f in zip(todo[start : start + n], feats):
+                        cache.put(sha, f, v, aug_seed)
+                start += n
+
+    base, aug = {}, {}
+    for b, cache in zip(backbones, caches):
+        base[b.name] = np.stack([cache.get(r.sha256, 0, aug_seed) for r in records]).astype(np.float32)
+        if views:
+            aug[b.name] = np.stack(
+                [np.stack([cache.get(r.sha256, v, aug_seed) for v in range(1, views + 1)]) for r in records]
+            ).astype(np.float32)
+    return Embeddings(base=base, views=aug, computed=len(todo))

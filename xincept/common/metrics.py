@@ -1,0 +1,128 @@
+"""Classification metrics with bootstrap confidence intervals. Every number is stored beside its protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "kappa", "ece")
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """ECE over equal-width confidence bins of the top-class probability."""
+    conf = proba.max(1)
+    correct = (proba.argmax(1) == y).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def reliability(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    conf, correct = proba.max(1), (proba.argmax(1) == y).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    out: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": []}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        out["confidence"].append(float(conf[m].mean()) if m.any() else float("nan"))
+        out["accuracy"].append(float(correct[m].mean()) if m.any() else float("nan"))
+        out["count"].append(int(m.sum()))
+    return out
+
+
+def _auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if len(present) < k:  # macro over the classes present
+        scores = [roc_auc_score(y == c, proba[:, c]) for c in present]
+        return float(np.mean(scores))
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1, one-vs-rest AUC, kappa, ECE, per-class table, confusion."""
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
+
+    k = len(classes)
+    y = np.asarray(y)
+    pred = proba.argmax(1)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    per_class, f1s = {}, []
+    total = cm.sum()
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        fn = cm[i].sum() - tp
+        fp = cm[:, i].sum() - tp
+        tn = total - tp - fn - fp
+        sens = tp / (tp + fn) if tp + fn else float("nan")
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not np.isnan(sens) else 0.0
+        per_class[name] = {
+            "sensitivity": float(sens),
+            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+            "precision": float(prec),
+            "f1": float(f1),
+            "support": int(cm[i].sum()),
+        }
+        if cm[i].sum():
+            f1s.append(f1)
+    return {
+        "n": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "auc_ovr": _auc_ovr(y, proba, k),
+        "kappa": float(cohen_kappa_score(y, pred, labels=list(range(k)))),
+        "ece": expected_calibration_error(y, proba),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+    }
+
+
+def bootstrap_ci(y: np.ndarray, proba: np.ndarray, classes: list[str], groups: list[str] | None = None,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of the headline metrics.
+
+    With ``groups``, whole groups are resampled (cluster bootstrap): images of one patient are not
+    independent, and resampling them one by one would give intervals that are too narrow.
+    """
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    pred = proba.argmax(1)
+    k = len(classes)
+    if groups is not None:
+        _, gid = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        members = [np.flatnonzero(gid == g) for g in range(gid.max() + 1)]
+    else:
+        members = [np.array([i]) for i in range(len(y))]
+    samples: dict[str, list[float]] = {m: [] for m in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "kappa")}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[i] for i in pick])
+        yt, pt = y[idx], pred[idx]
+        samples["accuracy"].append(float((yt == pt).mean()))
+        samples["balanced_accuracy"].append(float(balanced_accuracy_score(yt, pt)))
+        samples["macro_f1"].append(float(f1_score(yt, pt, average="macro", labels=np.unique(yt))))
+        samples["kappa"].append(float(cohen_kappa_score(yt, pt, labels=list(range(k)))))
+        auc = _auc_ovr(yt, proba[idx], k)
+        if auc is not None:
+            samples["auc_ovr"].append(auc)
+    a = (1 - level) / 2
+    return {m: [float(np.nanquantile(v, a)), float(np.nanquantile(v, 1 - a))] for m, v in samples.items() if v}
+
+
+def summarize_folds(folds: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of headline metrics across folds."""
+    out = {}
+    for m in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"):
+        vals = [f[m] for f in folds if f.get(m) is not None]
+        if vals:
+            out[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    return out

@@ -1,0 +1,60 @@
+"""The complete classifier: fused head -> shared embedding -> XGBoost, fitted on cached features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xincept.common.classifiers import fit_xgb, xgb_predict_proba
+from xincept.common.config import RunConfig
+from xincept.common.head import FusedHead
+from xincept.common.train_head import TrainHistory, embed_features, fit_head, predict_logits, softmax
+
+
+@dataclass
+class XinceptModel:
+    head: FusedHead
+    booster: object
+    classes: list[str]
+    xgb_features: str = "embedding"
+    history: TrainHistory = field(default_factory=TrainHistory)
+
+    def xgb_inputs(self, feats: list[np.ndarray]) -> np.ndarray:
+        if self.xgb_features == "fused":
+            return np.concatenate(feats, axis=1)
+        return embed_features(self.head, feats)
+
+    def predict_proba(self, feats: list[np.ndarray]) -> np.ndarray:
+        """XGBoost class probabilities (N, K): the model's prediction."""
+        return xgb_predict_proba(self.booster, self.xgb_inputs(feats))
+
+    def head_proba(self, feats: list[np.ndarray]) -> np.ndarray:
+        """The fused head's own softmax (N, K), reported beside XGBoost."""
+        return softmax(predict_logits(self.head, feats))
+
+
+def select(feats: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
+    return [f[idx] for f in feats]
+
+
+def with_views(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.ndarray, idx: np.ndarray):
+    """Training features of ``idx``: originals plus their cached augmented views, and labels to match."""
+    base = select(feats, idx)
+    if not views:
+        return base, y[idx]
+    n_views = views[0].shape[1]
+    stacked = [np.concatenate([b] + [v[idx, j] for j in range(n_views)]) for b, v in zip(base, views)]
+    return stacked, np.tile(y[idx], n_views + 1)
+
+
+def fit_model(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.ndarray, train_idx: np.ndarray,
+              val_idx: np.ndarray, classes: list[str], cfg: RunConfig) -> XinceptModel:
+    """Fit the head (early stopping on ``val_idx``) and XGBoost on the head's embeddings."""
+    k = len(classes)
+    x_tr, y_tr = with_views(feats, views, y, train_idx)
+    x_val, y_val = select(feats, val_idx), y[val_idx]
+    head, hist = fit_head(x_tr, y_tr, x_val, y_val, k, cfg.head)
+    model = XinceptModel(head=head, booster=None, classes=list(classes), xgb_features=cfg.xgb.features, history=hist)
+    model.booster = fit_xgb(model.xgb_inputs(x_tr), y_tr, model.xgb_inputs(x_val), y_val, k, cfg.xgb)
+    return model

@@ -1,0 +1,69 @@
+"""A site's data, checked and embedded: the starting point of every training command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xincept.common.backbones import RANDOM_WEIGHTS_WARNING, Backbone, load_backbones, resolve_device
+from xincept.common.config import RunConfig
+from xincept.common.data import SiteData, require_usable, scan_site
+from xincept.common.embed import Embeddings, embed_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedSite:
+    data: SiteData
+    backbones: list[Backbone]
+    embeddings: Embeddings
+    embed_seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([r.label for r in self.data.records], dtype=np.int64)
+
+    @property
+    def groups(self) -> list[str]:
+        return [r.group for r in self.data.records]
+
+    @property
+    def feats(self) -> list[np.ndarray]:
+        return [self.embeddings.base[b.name] for b in self.backbones]
+
+    @property
+    def views(self) -> list[np.ndarray] | None:
+        return [self.embeddings.views[b.name] for b in self.backbones] if self.embeddings.views else None
+
+
+def embedding_path(cfg: RunConfig) -> dict:
+    """The numerics used to embed, recorded in model.json so results can be traced."""
+    return {"device": resolve_device(cfg.backbone.device), "dtype": "float32", "memory_format": "channels_last",
+            "batch_size": cfg.backbone.batch_size}
+
+
+def weights_meta(backbones: list[Backbone]) -> dict:
+    random = any(b.weights == "random" for b in backbones)
+    return {"weights": "random" if random else "pretrained", **({"warning": RANDOM_WEIGHTS_WARNING} if random else {})}
+
+
+def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,
+                 show_progress: bool = True) -> EmbeddedSite:
+    """Check the data folder, load the frozen backbones and embed every image through the cache."""
+    data = scan_site(Path(data_dir), classes, manifest, cfg.split.group_block, show_progress)
+    require_usable(data)
+    backbones = load_backbones(cfg.backbone)
+    t0 = time.perf_counter()
+    emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
+    seconds = time.perf_counter() - t0
+    log.info("embeddings ready: %d images, %d computed now, %.1f s", len(data.records), emb.computed, seconds)
+    return EmbeddedSite(data=data, backbones=backbones, embeddings=emb, embed_seconds=seconds)

@@ -1,0 +1,106 @@
+"""Train the fused head on cached features: Adam, Algorithm-1 L2, early stopping on validation loss."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from xincept.common.config import HeadConfig
+from xincept.common.head import FusedHead, feature_sums, sums_to_mean_std
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainHistory:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+def to_tensors(feats: list[np.ndarray]) -> list[torch.Tensor]:
+    return [torch.as_tensor(f, dtype=torch.float32) for f in feats]
+
+
+def new_head(feats: list[np.ndarray], num_classes: int, cfg: HeadConfig) -> FusedHead:
+    """A head whose input standardisation is fitted on ``feats`` (training features)."""
+    torch.manual_seed(cfg.seed)
+    head = FusedHead([f.shape[1] for f in feats], num_classes, cfg)
+    head.set_standardization([sums_to_mean_std(feature_sums(f)) for f in feats])
+    return head
+
+
+def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs: int, cfg: HeadConfig, seed: int = 0,
+                 optimizer: torch.optim.Optimizer | None = None) -> float:
+    """Run ``epochs`` epochs of minibatch Adam; return the mean loss of the last epoch."""
+    xs, yt = to_tensors(feats), torch.as_tensor(y, dtype=torch.long)
+    opt = optimizer or torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    last = float("nan")
+    for _ in range(epochs):
+        perm = torch.randperm(len(yt), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            loss = loss_fn(head([x[idx] for x in xs]), yt[idx])
+            opt.zero_grad()
+            (loss + head.l2_penalty()).backward()
+            opt.step()
+            total, count = total + loss.item() * len(idx), count + len(idx)
+        last = total / max(count, 1)
+    head.eval()
+    return last
+
+
+@torch.no_grad()
+def predict_logits(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) -> np.ndarray:
+    head.eval()
+    xs = to_tensors(feats)
+    return torch.cat([head([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+
+
+@torch.no_grad()
+def embed_features(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) -> np.ndarray:
+    """Shared embeddings (N, 64) of pooled features."""
+    head.eval()
+    xs = to_tensors(feats)
+    return torch.cat([head.embed([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_head(train_feats: list[np.ndarray], y_train: np.ndarray, val_feats: list[np.ndarray], y_val: np.ndarray,
+             num_classes: int, cfg: HeadConfig) -> tuple[FusedHead, TrainHistory]:
+    """Train a new head with early stopping on validation loss; the best epoch's weights are kept."""
+    head = new_head(train_feats, num_classes, cfg)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    hist = TrainHistory()
+    best, best_state, bad = float("inf"), head.trainable_state(), 0
+    yv = torch.as_tensor(y_val, dtype=torch.long)
+    for epoch in range(cfg.max_epochs):
+        hist.train_loss.append(train_epochs(head, train_feats, y_train, 1, cfg, seed=cfg.seed * 100003 + epoch, optimizer=opt))
+        logits = torch.as_tensor(predict_logits(head, val_feats))
+        val_loss = float(nn.functional.cross_entropy(logits, yv))
+        hist.val_loss.append(val_loss)
+        hist.val_accuracy.append(float((logits.argmax(1) == yv).float().mean()))
+        if val_loss < best - 1e-4:
+            best, best_state, bad, hist.best_epoch = val_loss, head.trainable_state(), 0, epoch
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    head.load_state_dict(best_state)
+    head.eval()
+    log.debug("head: best epoch %d of %d, val loss %.4f", hist.best_epoch + 1, len(hist.val_loss), best)
+    return head, hist

@@ -1,0 +1,1 @@
+"""Coordinating side: ServerApp phases, strategies, checkpoints, reports and the `xincept-server` CLI."""

@@ -1,0 +1,25 @@
+"""`xincept-server`: the coordinating side. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from xincept.server.cmd_centralized import centralized
+
+app = typer.Typer(
+    name="xincept-server",
+    help="XIncept-ALL coordinating server: centralized baseline and federated training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("centralized")(centralized)
+
+
+@app.callback()
+def _root() -> None:
+    """XIncept-ALL coordinating server: centralized baseline and federated training."""
+
+
+def main() -> None:
+    app()

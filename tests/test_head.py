@@ -34,7 +34,7 @@ def test_bytes_of_head_fit_a_federated_round() -> None:
 def test_activation_is_selectable(act: str, cls: type) -> None:
     head = FusedHead([8, 8], 3, HeadConfig(activation=act))
     assert isinstance(head.branches[0][1], cls) and isinstance(head.fusion[1], cls)
-    with pytest.raises(ValueError, match="relu"):
+    with pytest.raises(ValueError, match="relu"):  # SettingError is a ValueError
         HeadConfig(activation="tanh")
 
 

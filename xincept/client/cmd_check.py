@@ -59,7 +59,7 @@ def _print_report(report) -> None:
         if lines:
             console.print(f"[bold yellow]{title}[/] ({len(lines)})")
             for line in lines[:50]:
-                console.print(f"  {line}", highlight=False, markup=False)
+                console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
             if len(lines) > 50:
                 console.print(f"  … and {len(lines) - 50} more (use --format json for all)")
     if not any(lines for _, lines in sections):

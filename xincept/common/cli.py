@@ -65,10 +65,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except XinceptError as exc:
-            _err_console().print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        except ValueError as exc:  # invalid settings from config dataclasses
-            _err_console().print(f"[bold red]error:[/] invalid setting: {exc}", highlight=False)
+            _err_console().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err_console().print("[yellow]interrupted[/]: finished work is kept (embedding cache, checkpoints); rerun the same command to resume")

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xincept.common.errors import SettingError
+
 THESIS_BACKBONES: tuple[str, str] = ("legacy_xception", "inception_v3")
 ALL_CLASSES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
 
@@ -33,9 +35,9 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         if self.input_size < 75:
-            raise ValueError(f"input_size={self.input_size}: at least 75 px is needed (InceptionV3's minimum)")
+            raise SettingError(f"input_size={self.input_size}: at least 75 px is needed (InceptionV3's minimum)")
         if not self.names:
-            raise ValueError("at least one backbone name is needed")
+            raise SettingError("at least one backbone name is needed")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"activation={self.activation!r}: choose 'relu' or 'gelu'")
+            raise SettingError(f"activation={self.activation!r}: choose 'relu' or 'gelu'")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class XGBConfig:
 
     def __post_init__(self) -> None:
         if self.features not in ("embedding", "fused"):
-            raise ValueError(f"xgb features={self.features!r}: choose 'embedding' or 'fused'")
+            raise SettingError(f"xgb features={self.features!r}: choose 'embedding' or 'fused'")
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,9 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if self.folds < 2:
-            raise ValueError(f"folds={self.folds}: at least 2 folds are needed")
+            raise SettingError(f"folds={self.folds}: at least 2 folds are needed")
         if not 0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction={self.val_fraction}: choose a value in (0, 0.5)")
+            raise SettingError(f"val_fraction={self.val_fraction}: choose a value in (0, 0.5)")
 
 
 @dataclass(frozen=True)

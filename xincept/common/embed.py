@@ -68,42 +68,66 @@ def embed_records(
 
     Only images missing from the cache go through the backbones; duplicates are embedded once.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
     caches = [FeatureCache(cache_root, b.cache_key, meta=b.describe()) for b in backbones]
     first_path: dict[str, Path] = {}
     for r in records:
         first_path.setdefault(r.sha256, r.path)
     wanted = [(sha, v) for sha in first_path for v in range(views + 1)]
     todo = [(first_path[sha], sha, v) for sha, v in wanted if not all(c.has(sha, v, aug_seed) for c in caches)]
-
-    if todo:
-        device = resolve_device(cfg.device)
-        log.info("embedding %d image view(s) through %s on %s (%d cached)", len(todo), [b.name for b in backbones], device, len(wanted) - len(todo))
-        loader = DataLoader(
-            _ImageViews(todo, [b.transform for b in backbones], aug_seed),
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            pin_memory=device.startswith("cuda"),
-        )
-        models = [b.model.to(device).to(memory_format=torch.channels_last) for b in backbones]
-        batches = track(loader, "embedding images", total=len(loader)) if show_progress else loader
-        start = 0
-        with torch.inference_mode():
-            for batch in batches:
-                n = batch[0].shape[0]
-                for model, cache, x in zip(models, caches, batch):
-                    feats = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-                    for (_, sha, v), f in zip(todo[start : start + n], feats):
-                        cache.put(sha, f, v, aug_seed)
-                start += n
-
+    _compute(todo, backbones, caches, cfg, aug_seed, len(wanted), show_progress)
+    loaded, damaged = _load(caches, wanted, aug_seed)
+    if damaged:  # entries unreadable since the check above are embedded again
+        log.warning("recomputing %d damaged cache entries", len(damaged))
+        _compute([(first_path[sha], sha, v) for sha, v in damaged], backbones, caches, cfg, aug_seed, len(wanted), show_progress)
+        loaded, damaged = _load(caches, wanted, aug_seed)
+        todo += damaged
     base, aug = {}, {}
-    for b, cache in zip(backbones, caches):
-        base[b.name] = np.stack([cache.get(r.sha256, 0, aug_seed) for r in records]).astype(np.float32)
+    for b, table in zip(backbones, loaded):
+        base[b.name] = np.stack([table[(r.sha256, 0)] for r in records])
         if views:
-            aug[b.name] = np.stack(
-                [np.stack([cache.get(r.sha256, v, aug_seed) for v in range(1, views + 1)]) for r in records]
-            ).astype(np.float32)
+            aug[b.name] = np.stack([np.stack([table[(r.sha256, v)] for v in range(1, views + 1)]) for r in records])
     return Embeddings(base=base, views=aug, computed=len(todo))
+
+
+def _load(caches: list[FeatureCache], wanted: list[tuple[str, int]], seed: int):
+    tables: list[dict[tuple[str, int], np.ndarray]] = []
+    damaged: set[tuple[str, int]] = set()
+    for cache in caches:
+        table = {}
+        for sha, v in wanted:
+            f = cache.get(sha, v, seed)
+            if f is None:
+                damaged.add((sha, v))
+            else:
+                table[(sha, v)] = f
+        tables.append(table)
+    return tables, sorted(damaged)
+
+
+def _compute(todo: list[tuple[Path, str, int]], backbones: list[Backbone], caches: list[FeatureCache],
+             cfg: BackboneConfig, aug_seed: int, n_wanted: int, show_progress: bool) -> None:
+    """Run the backbones over ``todo`` and store every result in the caches."""
+    if not todo:
+        return
+    import torch
+    from torch.utils.data import DataLoader
+
+    device = resolve_device(cfg.device)
+    log.info("embedding %d image view(s) through %s on %s (%d cached)", len(todo), [b.name for b in backbones], device, n_wanted - len(todo))
+    loader = DataLoader(
+        _ImageViews(todo, [b.transform for b in backbones], aug_seed),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=device.startswith("cuda"),
+    )
+    models = [b.model.to(device).to(memory_format=torch.channels_last) for b in backbones]
+    batches = track(loader, "embedding images", total=len(loader)) if show_progress else loader
+    start = 0
+    with torch.inference_mode():
+        for batch in batches:
+            n = batch[0].shape[0]
+            for model, cache, x in zip(models, caches, batch):
+                feats = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+                for (_, sha, v), f in zip(todo[start : start + n], feats):
+                    cache.put(sha, f, v, aug_seed)
+            start += n

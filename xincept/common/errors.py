@@ -15,3 +15,7 @@ class WeightsError(XinceptError):
 
 class BundleError(XinceptError):
     """A model bundle is missing, incomplete or incompatible."""
+
+
+class SettingError(XinceptError, ValueError):
+    """A setting (command-line option or config value) is out of range."""

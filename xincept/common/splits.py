@@ -36,14 +36,17 @@ def grouped_kfold(y: np.ndarray, groups: list[str], k: int, seed: int) -> list[F
             "lower --group-block, or give a manifest with a finer group column"
         )
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [Fold(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(y)), y, gid)]
+    try:
+        return [Fold(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(y)), y, gid)]
+    except ValueError as exc:
+        raise DataError(f"cannot make {k} grouped folds ({exc}): lower --folds or add images") from exc
 
 
 def grouped_holdout(y: np.ndarray, groups: list[str], fraction: float, seed: int) -> Fold:
     """One grouped, stratified split: ``test`` holds about ``fraction`` of the images."""
     k = max(2, int(round(1.0 / fraction)))
     gid = group_ids(groups)
-    if len(np.unique(gid)) < k:
+    if len(np.unique(gid)) < k or np.bincount(y).max() < k:
         from sklearn.model_selection import GroupShuffleSplit
 
         if len(np.unique(gid)) < 2:

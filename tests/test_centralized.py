@@ -1,0 +1,125 @@
+"""The centralized baseline end to end on generated images with tiny backbones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xincept.client.cli import app as client_app
+from xincept.server.cli import app as server_app
+
+runner = CliRunner()
+TINY = ["--backbones", "test_resnet,test_efficientnet", "--input-size", "80", "--no-pretrained", "--group-block", "2"]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from tests.synthetic import write_image_folder
+
+    tmp = tmp_path_factory.mktemp("central")
+    data = write_image_folder(tmp / "site", per_class=12)
+    cache, out = tmp / "cache", tmp / "out"
+    args = ["centralized", "--data", str(data), "--out", str(out), "--folds", "3", "--cache-dir", str(cache), *TINY]
+    first = runner.invoke(server_app, args)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(server_app, [*args, "--compare"])
+    assert second.exit_code == 0, second.output
+    return {"data": data, "cache": cache, "out": out, "first": first.output}
+
+
+def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
+    out = trained["out"]
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert meta["classes"] == ["Benign", "Early", "Pre", "Pro"]
+    assert meta["weights"] == "random" and "RANDOM WEIGHTS" in meta["warning"]
+    assert [b["name"] for b in meta["backbones"]] == ["test_resnet", "test_efficientnet"]
+    assert all(len(b["fingerprint"]) == 64 and b["preprocessing"]["input_size"] == [3, 80, 80] for b in meta["backbones"])
+    assert meta["input_size"] == 80 and meta["package_versions"]["torch"]
+    assert meta["data_summary"]["n_images"] == 48 and meta["protocol"]["kind"] == "grouped-stratified-kfold"
+    assert meta["embedding_path"]["dtype"] == "float32"
+    assert (out / "model" / "head.safetensors").stat().st_size > 0 and (out / "model" / "xgb.json").is_file()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    g = metrics["global"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "per_class", "confusion", "ci95"):
+        assert key in g
+    assert np.array(g["confusion"]).sum() == 48
+    assert g["ci95"]["accuracy"][0] <= g["accuracy"] <= g["ci95"]["accuracy"][1]
+    assert len(metrics["folds"]) == 3 and metrics["protocol"]["folds"] == 3
+    assert sum(f["n_test"] for f in metrics["folds"]) == 48
+    assert g["accuracy"] > 0.5  # the synthetic classes differ in stain and shape
+    assert set(metrics["comparison"]) >= {"xgboost", "svm", "knn", "adaboost", "logistic_regression", "random_forest"}
+
+    report = (out / "report.md").read_text()
+    assert "RANDOM WEIGHTS" in report and "Confusion matrix" in report and "| Benign |" in report
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_second_run_reuses_the_cache(trained: dict) -> None:
+    metrics = json.loads((trained["out"] / "metrics.json").read_text())
+    assert metrics["timing_s"]["images_embedded_now"] == 0
+
+
+def test_predict_text_and_json(trained: dict) -> None:
+    img = trained["data"] / "Pro" / "Pro-001.png"
+    res = runner.invoke(client_app, ["predict", "--model", str(trained["out"] / "model"), str(img), "--format", "json",
+                                     "--cache-dir", str(trained["cache"])])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows[0]["class"] in {"Benign", "Early", "Pre", "Pro"}
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert "RANDOM WEIGHTS" in rows[0]["warning"]
+
+
+def test_predict_reports_a_corrupt_image_and_goes_on(trained: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8garbage")
+    img = trained["data"] / "Benign" / "Benign-002.png"
+    res = runner.invoke(client_app, ["predict", "--model", str(trained["out"] / "model"), str(bad), str(img), "--cache-dir", str(trained["cache"])])
+    assert res.exit_code == 1
+    assert "bad.jpg: ERROR" in res.output and "Benign-002.png:" in res.output
+
+
+def test_predict_refuses_a_bundle_with_other_backbone_weights(trained: dict, tmp_path: Path) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["out"] / "model", model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["backbones"][0]["fingerprint"] = "0" * 64
+    (model / "model.json").write_text(json.dumps(meta))
+    res = runner.invoke(client_app, ["predict", "--model", str(model), str(trained["data"] / "Pre" / "Pre-001.png"), "--cache-dir", str(trained["cache"])])
+    assert res.exit_code == 2 and "local weights" in res.output and "Traceback" not in res.output
+
+
+def test_predict_with_incomplete_bundle(tmp_path: Path) -> None:
+    res = runner.invoke(client_app, ["predict", "--model", str(tmp_path), "x.png"])
+    assert res.exit_code == 2 and "incomplete" in res.output
+
+
+def test_interrupted_run_leaves_no_half_written_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.synthetic import write_image_folder
+    from xincept.server import centralized
+
+    data = write_image_folder(tmp_path / "site", per_class=6)
+    calls = {"n": 0}
+    real = centralized.fit_model
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(centralized, "fit_model", flaky)
+    out = tmp_path / "out"
+    res = runner.invoke(server_app, ["centralized", "--data", str(data), "--out", str(out), "--folds", "2", "--cache-dir", str(tmp_path / "c"), *TINY])
+    assert res.exit_code == 130 and "rerun" in res.output
+    assert not out.exists()
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 48 and not list((tmp_path / "c").rglob("*.tmp"))

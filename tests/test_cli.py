@@ -1,0 +1,61 @@
+"""The CLIs: instant --help, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from xincept.client.cli import app as client_app
+from xincept.server.cli import app as server_app
+
+runner = CliRunner()
+
+
+def test_cli_modules_do_not_import_torch() -> None:
+    code = "import sys, xincept.server.cli, xincept.client.cli; print(sorted(m for m in ('torch', 'timm', 'flwr', 'xgboost') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_lists_commands() -> None:
+    assert "centralized" in runner.invoke(server_app, ["--help"]).output
+    out = runner.invoke(client_app, ["--help"]).output
+    assert "check" in out and "predict" in out
+
+
+def test_check_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    res = runner.invoke(client_app, ["check", "--data", str(tmp_path / "missing")])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_check_json_reports_problems_and_strict_fails(image_dir: Path) -> None:
+    (image_dir / "Pre" / "broken.jpg").write_bytes(b"nope")
+    res = runner.invoke(client_app, ["check", "--data", str(image_dir), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["counts"]["Pre"] == 10 and report["skipped"][0]["path"].endswith("broken.jpg")
+    res = runner.invoke(client_app, ["check", "--data", str(image_dir), "--strict"])
+    assert res.exit_code == 1 and "broken.jpg" in res.output
+
+
+def test_centralized_with_bad_manifest_leaves_no_output(image_dir: Path, tmp_path: Path) -> None:
+    man = tmp_path / "m.csv"
+    man.write_text("filename,diagnosis\n")
+    out = tmp_path / "out"
+    res = runner.invoke(server_app, ["centralized", "--data", str(image_dir), "--out", str(out), "--manifest", str(man), "--no-pretrained"])
+    assert res.exit_code == 2 and "expected path,label" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_offline_without_staged_weights_names_the_expected_file(image_dir: Path, tmp_path: Path) -> None:
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    res = runner.invoke(server_app, ["centralized", "--data", str(image_dir), "--out", str(tmp_path / "o"), "--weights-dir", str(wd),
+                                     "--backbones", "test_resnet,test_efficientnet", "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 2
+    assert "test_resnet.safetensors" in res.output and "stage-weights" in res.output

@@ -48,10 +48,12 @@ class HeadConfig:
     branch_width: int = 64
     fusion_widths: tuple[int, int] = (128, 64)
     l2: float = 0.01
+    dropout: float = 0.5  # on standardised inputs; no weights, so Algorithm 1 is unchanged
+    weight_decay: float = 0.0
     lr: float = 1e-3
     batch_size: int = 64
     max_epochs: int = 100
-    patience: int = 10
+    patience: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:

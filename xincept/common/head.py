@@ -74,6 +74,7 @@ class FusedHead(nn.Module):
         super().__init__()
         self.in_dims, self.num_classes, self.cfg = list(in_dims), num_classes, cfg
         self.norms = nn.ModuleList(Standardize(d) for d in in_dims)
+        self.drop = nn.Dropout(cfg.dropout)  # on standardised inputs; identity at the default 0
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Linear(d, cfg.branch_width), _act(cfg.activation), nn.Linear(cfg.branch_width, num_classes))
             for d in in_dims
@@ -90,7 +91,7 @@ class FusedHead(nn.Module):
 
     def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The shared embedding: (B, 64)."""
-        outs = [branch(norm(x)) for norm, branch, x in zip(self.norms, self.branches, feats)]  # K each
+        outs = [branch(self.drop(norm(x))) for norm, branch, x in zip(self.norms, self.branches, feats)]  # K each
         return self.fusion(torch.cat(outs, dim=1))  # (B, K * n_branches) -> (B, 64)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -39,7 +39,7 @@ def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs
                  optimizer: torch.optim.Optimizer | None = None) -> float:
     """Run ``epochs`` epochs of minibatch Adam; return the mean loss of the last epoch."""
     xs, yt = to_tensors(feats), torch.as_tensor(y, dtype=torch.long)
-    opt = optimizer or torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    opt = optimizer or torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     head.train()
@@ -84,7 +84,7 @@ def fit_head(train_feats: list[np.ndarray], y_train: np.ndarray, val_feats: list
              num_classes: int, cfg: HeadConfig) -> tuple[FusedHead, TrainHistory]:
     """Train a new head with early stopping on validation loss; the best epoch's weights are kept."""
     head = new_head(train_feats, num_classes, cfg)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = TrainHistory()
     best, best_state, bad = float("inf"), head.trainable_state(), 0
     yv = torch.as_tensor(y_val, dtype=torch.long)

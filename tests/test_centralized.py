@@ -42,7 +42,7 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert all(len(b["fingerprint"]) == 64 and b["preprocessing"]["input_size"] == [3, 80, 80] for b in meta["backbones"])
     assert meta["input_size"] == 80 and meta["package_versions"]["torch"]
     assert meta["data_summary"]["n_images"] == 48 and meta["protocol"]["kind"] == "grouped-stratified-kfold"
-    assert meta["embedding_path"]["dtype"] == "float32"
+    assert meta["embedding_path"]["dtype"] in {"float32", "bfloat16"} and meta["embedding_path"]["device"] == "cpu"
     assert (out / "model" / "head.safetensors").stat().st_size > 0 and (out / "model" / "xgb.json").is_file()
 
     metrics = json.loads((out / "metrics.json").read_text())

@@ -25,6 +25,7 @@ def backbone_config_for(meta: dict[str, Any], weights_dir: Path | None, device: 
         pretrained=meta.get("weights") != "random",
         weights_dir=weights_dir,
         device=device,
+        precision="fp32" if meta.get("embedding_path", {}).get("dtype") == "float32" else "auto",
     )
 
 

@@ -24,6 +24,7 @@ InputSizeOpt = Annotated[int, typer.Option("--input-size", help="Backbone input 
 BackbonesOpt = Annotated[str, typer.Option("--backbones", help="Comma-separated timm backbone names.")]
 GroupBlockOpt = Annotated[int, typer.Option("--group-block", help="Consecutive file numbers per patient group (used when no manifest group column).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="Embedding numerics: auto (bf16 on CPUs with AVX-512 BF16, fp16 on CUDA) or fp32.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or json.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 

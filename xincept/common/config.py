@@ -32,12 +32,15 @@ class BackboneConfig:
     batch_size: int = 32
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "auto"  # "auto": fastest correct path for the hardware; "fp32": force float32
 
     def __post_init__(self) -> None:
         if self.input_size < 75:
             raise SettingError(f"input_size={self.input_size}: at least 75 px is needed (InceptionV3's minimum)")
         if not self.names:
             raise SettingError("at least one backbone name is needed")
+        if self.precision not in ("auto", "fp32"):
+            raise SettingError(f"precision={self.precision!r}: choose 'auto' or 'fp32'")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from xincept.common.augment import augment
-from xincept.common.backbones import Backbone, resolve_device
+from xincept.common.backbones import Backbone
 from xincept.common.cache import FeatureCache
 from xincept.common.config import BackboneConfig
 from xincept.common.data import ImageRecord
 from xincept.common.errors import DataError
+from xincept.common.numerics import EmbedPath, choose_path
 from xincept.common.progress import track
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Embeddings:
     base: dict[str, np.ndarray]
     views: dict[str, np.ndarray]
     computed: int  # how many (image, view) items were embedded now rather than read from cache
+    path: EmbedPath | None = None  # the numerics the features were computed with
 
     def fused(self) -> np.ndarray:
         """The raw concatenated pooled features (N, sum F)."""
@@ -68,17 +70,18 @@ def embed_records(
 
     Only images missing from the cache go through the backbones; duplicates are embedded once.
     """
-    caches = [FeatureCache(cache_root, b.cache_key, meta=b.describe()) for b in backbones]
+    path = choose_path(cfg)
+    caches = [FeatureCache(cache_root, b.cache_key + path.cache_tag, meta={**b.describe(), "embedding_path": path.describe()}) for b in backbones]
     first_path: dict[str, Path] = {}
     for r in records:
         first_path.setdefault(r.sha256, r.path)
     wanted = [(sha, v) for sha in first_path for v in range(views + 1)]
     todo = [(first_path[sha], sha, v) for sha, v in wanted if not all(c.has(sha, v, aug_seed) for c in caches)]
-    _compute(todo, backbones, caches, cfg, aug_seed, len(wanted), show_progress)
+    _compute(todo, backbones, caches, path, cfg.num_workers, aug_seed, len(wanted), show_progress)
     loaded, damaged = _load(caches, wanted, aug_seed)
     if damaged:  # entries unreadable since the check above are embedded again
         log.warning("recomputing %d damaged cache entries", len(damaged))
-        _compute([(first_path[sha], sha, v) for sha, v in damaged], backbones, caches, cfg, aug_seed, len(wanted), show_progress)
+        _compute([(first_path[sha], sha, v) for sha, v in damaged], backbones, caches, path, cfg.num_workers, aug_seed, len(wanted), show_progress)
         loaded, damaged = _load(caches, wanted, aug_seed)
         todo += damaged
     base, aug = {}, {}
@@ -86,7 +89,7 @@ def embed_records(
         base[b.name] = np.stack([table[(r.sha256, 0)] for r in records])
         if views:
             aug[b.name] = np.stack([np.stack([table[(r.sha256, v)] for v in range(1, views + 1)]) for r in records])
-    return Embeddings(base=base, views=aug, computed=len(todo))
+    return Embeddings(base=base, views=aug, computed=len(todo), path=path)
 
 
 def _load(caches: list[FeatureCache], wanted: list[tuple[str, int]], seed: int):
@@ -105,29 +108,68 @@ def _load(caches: list[FeatureCache], wanted: list[tuple[str, int]], seed: int):
 
 
 def _compute(todo: list[tuple[Path, str, int]], backbones: list[Backbone], caches: list[FeatureCache],
-             cfg: BackboneConfig, aug_seed: int, n_wanted: int, show_progress: bool) -> None:
+             path: EmbedPath, num_workers: int, aug_seed: int, n_wanted: int, show_progress: bool) -> None:
     """Run the backbones over ``todo`` and store every result in the caches."""
     if not todo:
         return
     import torch
     from torch.utils.data import DataLoader
 
-    device = resolve_device(cfg.device)
-    log.info("embedding %d image view(s) through %s on %s (%d cached)", len(todo), [b.name for b in backbones], device, n_wanted - len(todo))
+    log.info("embedding %d image view(s) through %s on %s, %s (%d cached)", len(todo), [b.name for b in backbones],
+             path.device, path.dtype, n_wanted - len(todo))
     loader = DataLoader(
         _ImageViews(todo, [b.transform for b in backbones], aug_seed),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=device.startswith("cuda"),
+        batch_size=path.batch_size,
+        num_workers=num_workers,
+        pin_memory=path.device.startswith("cuda"),
     )
-    models = [b.model.to(device).to(memory_format=torch.channels_last) for b in backbones]
-    batches = track(loader, "embedding images", total=len(loader)) if show_progress else loader
+    models = [path.prepare(b.model) for b in backbones]
+    batches = prefetch(loader) if path.prefetch and num_workers == 0 else iter(loader)
+    batches = track(batches, "embedding images", total=len(loader)) if show_progress else batches
     start = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), path.autocast():
         for batch in batches:
             n = batch[0].shape[0]
             for model, cache, x in zip(models, caches, batch):
-                feats = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+                feats = model(path.to_input(x)).float().cpu().numpy()
                 for (_, sha, v), f in zip(todo[start : start + n], feats):
                     cache.put(sha, f, v, aug_seed)
             start += n
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (decoding overlaps compute)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

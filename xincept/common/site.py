@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xincept.common.backbones import RANDOM_WEIGHTS_WARNING, Backbone, load_backbones, resolve_device
+from xincept.common.backbones import RANDOM_WEIGHTS_WARNING, Backbone, load_backbones
 from xincept.common.config import RunConfig
 from xincept.common.data import SiteData, require_usable, scan_site
 from xincept.common.embed import Embeddings, embed_records
@@ -47,8 +47,9 @@ class EmbeddedSite:
 
 def embedding_path(cfg: RunConfig) -> dict:
     """The numerics used to embed, recorded in model.json so results can be traced."""
-    return {"device": resolve_device(cfg.backbone.device), "dtype": "float32", "memory_format": "channels_last",
-            "batch_size": cfg.backbone.batch_size}
+    from xincept.common.numerics import choose_path
+
+    return choose_path(cfg.backbone).describe()
 
 
 def weights_meta(backbones: list[Backbone]) -> dict:

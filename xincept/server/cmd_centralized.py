@@ -10,7 +10,7 @@ import typer
 
 from xincept.common.cli import (
     BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
-    NoPretrainedOpt, OutOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging, split_names,
+    NoPretrainedOpt, OutOpt, PrecisionOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging, split_names,
 )
 from xincept.common.config import THESIS_BACKBONES
 
@@ -37,6 +37,7 @@ def centralized(
     compare: Annotated[bool, typer.Option("--compare", help="Also evaluate SVM, KNN, AdaBoost, logistic regression and random forest on the same folds.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedding batch.")] = 32,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     verbose: VerboseOpt = False,
 ) -> None:
     """Train and cross-validate on pooled data; write OUT/model, OUT/metrics.json and OUT/report.md."""
@@ -46,7 +47,8 @@ def centralized(
 
     cfg = RunConfig(
         backbone=BackboneConfig(names=tuple(split_names(backbones) or THESIS_BACKBONES), input_size=input_size,
-                                pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device),
+                                pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device,
+                                precision=precision),
         head=HeadConfig(activation=activation, seed=seed),
         xgb=XGBConfig(features=xgb_features, seed=seed),
         split=SplitConfig(folds=folds, seed=seed, group_block=group_block),

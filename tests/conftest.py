@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import write_image_folder
+from xincept.common.synthetic import write_image_folder
 
 os.environ.setdefault("XINCEPT_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub during tests

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from tests.synthetic import write_image_folder
+    from xincept.common.synthetic import write_image_folder
 
     tmp = tmp_path_factory.mktemp("central")
     data = write_image_folder(tmp / "site", per_class=12)
@@ -104,7 +104,7 @@ def test_predict_with_incomplete_bundle(tmp_path: Path) -> None:
 
 
 def test_interrupted_run_leaves_no_half_written_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.synthetic import write_image_folder
+    from xincept.common.synthetic import write_image_folder
     from xincept.server import centralized
 
     data = write_image_folder(tmp_path / "site", per_class=6)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from xincept.common.data import scan_site
 from xincept.common.errors import DataError
-from tests.synthetic import write_image_folder
+from xincept.common.synthetic import write_image_folder
 
 
 def test_counts_classes_and_hashes(image_dir: Path) -> None:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_xception_and_inception_embed_generated_images(tmp_path) -> None:
-    from tests.synthetic import write_image_folder
+    from xincept.common.synthetic import write_image_folder
 
     site = scan_site(write_image_folder(tmp_path / "s", per_class=1), show_progress=False)
     cfg = BackboneConfig(names=THESIS_BACKBONES, input_size=96, pretrained=False, batch_size=4)

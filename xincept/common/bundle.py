@@ -27,12 +27,14 @@ def write_bundle(path: Path, model: XinceptModel, meta: dict[str, Any]) -> None:
         "classes": model.classes,
         "num_classes": len(model.classes),
         "head": {"in_dims": head.in_dims, "embedding_dim": head.embedding_dim, "config": _head_cfg(head.cfg)},
-        "classifier": {"kind": "xgboost", "features": model.xgb_features,
-                       "best_iteration": getattr(model.booster, "best_iteration", None)},
+        "classifier": ({"kind": "xgboost", "features": model.xgb_features,
+                        "best_iteration": getattr(model.booster, "best_iteration", None)}
+                       if model.booster is not None else {"kind": "head-softmax", "features": "embedding"}),
     }
     with atomic_dir(Path(path)) as tmp:
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "head.safetensors"))
-        model.booster.save_model(str(tmp / "xgb.json"))
+        if model.booster is not None:
+            model.booster.save_model(str(tmp / "xgb.json"))
         write_json_atomic(tmp / "model.json", info)
 
 
@@ -44,7 +46,7 @@ def _head_cfg(cfg: HeadConfig) -> dict:
 
 def read_meta(path: Path) -> dict[str, Any]:
     path = Path(path)
-    missing = [f for f in FILES if not (path / f).is_file()]
+    missing = [f for f in FILES[:2] if not (path / f).is_file()]
     if missing:
         raise BundleError(f"model bundle {path} is incomplete (missing {missing}): pass the OUT/model folder a training run wrote")
     try:
@@ -53,6 +55,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path / 'model.json'} is not valid JSON ({exc}): re-export the bundle") from exc
     if meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path / 'model.json'} has format {meta.get('format')!r}, expected {BUNDLE_FORMAT!r}: use a matching xincept version")
+    if meta["classifier"]["kind"] == "xgboost" and not (path / "xgb.json").is_file():
+        raise BundleError(f"model bundle {path} is incomplete (missing ['xgb.json']): pass the OUT/model folder a training run wrote")
     return meta
 
 
@@ -68,10 +72,12 @@ def read_bundle(path: Path) -> tuple[XinceptModel, dict[str, Any]]:
     head = FusedHead(meta["head"]["in_dims"], meta["num_classes"], HeadConfig(**cfg_d))
     head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
     head.eval()
-    booster = xgb.Booster()
-    booster.load_model(str(Path(path) / "xgb.json"))
-    best = meta["classifier"].get("best_iteration")
-    if best is not None:
-        booster.set_attr(best_iteration=str(best))
+    booster = None
+    if meta["classifier"]["kind"] == "xgboost":
+        booster = xgb.Booster()
+        booster.load_model(str(Path(path) / "xgb.json"))
+        best = meta["classifier"].get("best_iteration")
+        if best is not None:
+            booster.set_attr(best_iteration=str(best))
     model = XinceptModel(head=head, booster=booster, classes=meta["classes"], xgb_features=meta["classifier"]["features"])
     return model, meta

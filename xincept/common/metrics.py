@@ -32,7 +32,7 @@ def reliability(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, l
     return out
 
 
-def _auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
+def auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     present = np.unique(y)
@@ -44,16 +44,14 @@ def _auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
     return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k))))
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, macro F1, one-vs-rest AUC, kappa, ECE, per-class table, confusion."""
-    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
+def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1, kappa and the per-class table from a confusion matrix alone.
 
-    k = len(classes)
-    y = np.asarray(y)
-    pred = proba.argmax(1)
-    cm = confusion_matrix(y, pred, labels=list(range(k)))
-    per_class, f1s = {}, []
-    total = cm.sum()
+    This is all a federation needs from a site: counts, never per-image results.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    total = int(cm.sum())
+    per_class, f1s, recalls = {}, [], []
     for i, name in enumerate(classes):
         tp = cm[i, i]
         fn = cm[i].sum() - tp
@@ -71,17 +69,41 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
         }
         if cm[i].sum():
             f1s.append(f1)
+            recalls.append(sens)
+    po = float(np.trace(cm) / total) if total else float("nan")
+    pe = float((cm.sum(0) * cm.sum(1)).sum() / total**2) if total else float("nan")
     return {
-        "n": int(len(y)),
-        "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "n": total,
+        "accuracy": po,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "auc_ovr": _auc_ovr(y, proba, k),
-        "kappa": float(cohen_kappa_score(y, pred, labels=list(range(k)))),
-        "ece": expected_calibration_error(y, proba),
+        "kappa": float((po - pe) / (1 - pe)) if total and pe < 1 else 0.0,
         "per_class": per_class,
         "confusion": cm.tolist(),
     }
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1, one-vs-rest AUC, kappa, ECE, per-class table, confusion."""
+    from sklearn.metrics import confusion_matrix
+
+    k = len(classes)
+    y = np.asarray(y)
+    out = metrics_from_confusion(confusion_matrix(y, proba.argmax(1), labels=list(range(k))), classes)
+    out["auc_ovr"] = auc_ovr(y, proba, k)
+    out["ece"] = expected_calibration_error(y, proba)
+    return out
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion (treats images as independent)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = correct / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return [float(centre - half), float(centre + half)]
 
 
 def bootstrap_ci(y: np.ndarray, proba: np.ndarray, classes: list[str], groups: list[str] | None = None,
@@ -111,7 +133,7 @@ def bootstrap_ci(y: np.ndarray, proba: np.ndarray, classes: list[str], groups: l
         samples["balanced_accuracy"].append(float(balanced_accuracy_score(yt, pt)))
         samples["macro_f1"].append(float(f1_score(yt, pt, average="macro", labels=np.unique(yt))))
         samples["kappa"].append(float(cohen_kappa_score(yt, pt, labels=list(range(k)))))
-        auc = _auc_ovr(yt, proba[idx], k)
+        auc = auc_ovr(yt, proba[idx], k)
         if auc is not None:
             samples["auc_ovr"].append(auc)
     a = (1 - level) / 2

@@ -26,7 +26,9 @@ class XinceptModel:
         return embed_features(self.head, feats)
 
     def predict_proba(self, feats: list[np.ndarray]) -> np.ndarray:
-        """XGBoost class probabilities (N, K): the model's prediction."""
+        """The model's class probabilities (N, K): XGBoost's, or the head's softmax where no booster was trained."""
+        if self.booster is None:
+            return self.head_proba(feats)
         return xgb_predict_proba(self.booster, self.xgb_inputs(feats))
 
     def head_proba(self, feats: list[np.ndarray]) -> np.ndarray:

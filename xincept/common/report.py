@@ -56,7 +56,7 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         f"- Balanced accuracy: {_pct(g['balanced_accuracy'])}{_ci(ci, 'balanced_accuracy')}",
         f"- Macro F1: {_pct(g['macro_f1'])}{_ci(ci, 'macro_f1')}",
         f"- ROC-AUC (one-vs-rest, macro): {_pct(g['auc_ovr'])}{_ci(ci, 'auc_ovr')}",
-        f"- Cohen's kappa: {g['kappa']:.3f}; expected calibration error: {g['ece']:.3f}",
+        f"- Cohen's kappa: {g['kappa']:.3f}" + (f"; expected calibration error: {g['ece']:.3f}" if "ece" in g else ""),
         "",
         "Sensitivity is the share of a class's images that the model recognised; specificity the share "
         "of other images it correctly did not assign to that class.",
@@ -65,7 +65,7 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
         per_class_table(g["per_class"]),
         "",
-        "## Confusion matrix (out-of-fold predictions, counts of images)",
+        "## Confusion matrix (held-out predictions, counts of images)",
         "",
         confusion_table(g["confusion"], classes),
         "",
@@ -74,6 +74,11 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         out += ["## Per-fold accuracy", "", "| fold | test images | XGBoost | head softmax |", "|---|---|---|---|"]
         for f in metrics["folds"]:
             out.append(f"| {f['fold'] + 1} | {f['n_test']} | {_pct(f['accuracy'])} | {_pct(f['head_softmax']['accuracy'])} |")
+        out.append("")
+    if metrics.get("sites"):
+        out += ["## Results at each site (held-out test split)", "", "| site | test images | accuracy | balanced accuracy | macro F1 |", "|---|---|---|---|---|"]
+        for site, m in metrics["sites"].items():
+            out.append(f"| {site} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | {_pct(m['macro_f1'])} |")
         out.append("")
     if metrics.get("comparison"):
         out += ["## Classifier comparison on the same embeddings and folds", "", "| classifier | accuracy | macro F1 | AUC |", "|---|---|---|---|"]

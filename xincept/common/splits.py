@@ -70,3 +70,11 @@ def check_group_purity(folds: list[Fold], groups: list[str]) -> None:
     for i, f in enumerate(folds):
         if set(g[f.train]) & set(g[f.test]):
             raise AssertionError(f"fold {i}: groups straddle train and test")
+
+
+def site_split(y: np.ndarray, groups: list[str], test_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A site's grouped train / val / test indices (test held out for validation, val for model selection)."""
+    outer = grouped_holdout(y, groups, test_fraction, seed)
+    rest = outer.train
+    inner = grouped_holdout(y[rest], [groups[i] for i in rest], val_fraction, seed + 1)
+    return {"train": rest[inner.train], "val": rest[inner.test], "test": outer.test}

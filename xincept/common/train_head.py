@@ -36,8 +36,12 @@ def new_head(feats: list[np.ndarray], num_classes: int, cfg: HeadConfig) -> Fuse
 
 
 def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs: int, cfg: HeadConfig, seed: int = 0,
-                 optimizer: torch.optim.Optimizer | None = None) -> float:
-    """Run ``epochs`` epochs of minibatch Adam; return the mean loss of the last epoch."""
+                 optimizer: torch.optim.Optimizer | None = None, prox_mu: float = 0.0) -> float:
+    """Run ``epochs`` epochs of minibatch Adam; return the mean loss of the last epoch.
+
+    With ``prox_mu > 0`` the FedProx term mu/2 * ||w - w_start||^2 keeps local weights near the global ones.
+    """
+    anchor = [p.detach().clone() for p in head.parameters()] if prox_mu > 0 else None
     xs, yt = to_tensors(feats), torch.as_tensor(y, dtype=torch.long)
     opt = optimizer or torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -51,7 +55,10 @@ def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs
             idx = perm[i : i + cfg.batch_size]
             loss = loss_fn(head([x[idx] for x in xs]), yt[idx])
             opt.zero_grad()
-            (loss + head.l2_penalty()).backward()
+            total_loss = loss + head.l2_penalty()
+            if anchor is not None:
+                total_loss = total_loss + prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(head.parameters(), anchor))
+            total_loss.backward()
             opt.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         last = total / max(count, 1)

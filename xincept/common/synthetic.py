@@ -1,4 +1,4 @@
-"""Generated blood-smear-like images for tests: one stained cell per image, shape and stain by class."""
+"""Generated blood-smear-like images (SYNTHETIC, not patient data): one stained cell per image, shape and stain by class."""
 
 from __future__ import annotations
 

@@ -1,0 +1,82 @@
+"""The Flower ClientApp: converts records and calls the site's local computations (xincept.client.task)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from xincept.client.task import LocalSite, join_info, load_local_site, local_evaluate, local_train, train_feature_sums
+from xincept.common.errors import SettingError
+from xincept.common.fedconfig import FedSettings
+
+log = logging.getLogger(__name__)
+
+
+def _site_of(context: Context, partition_dir: Path | None) -> tuple[str, str, str | None]:
+    """(site name, data folder, manifest) from the SuperNode's node config, or from a simulated partition."""
+    nc = context.node_config
+    if partition_dir is not None and "partition-id" in nc:
+        pid = int(nc["partition-id"])
+        names = json.loads((partition_dir / "sites.json").read_text())["names"]
+        return names[pid], str(partition_dir), str(partition_dir / f"site-{pid}.csv")
+    if "data-dir" not in nc:
+        raise SettingError("node config lacks data-dir: start the SuperNode with `xincept-client join --site NAME --data DIR`")
+    return str(nc.get("site", f"node-{context.node_id}")), str(nc["data-dir"]), (str(nc["manifest"]) if nc.get("manifest") else None)
+
+
+def _local(msg: Message, context: Context, partition_dir: Path | None) -> LocalSite:
+    cfg = msg.content["config"]
+    settings = FedSettings.from_flat(dict(cfg))
+    classes = tuple(cfg["classes"]) if "classes" in cfg and cfg["classes"] else None
+    name, data_dir, manifest = _site_of(context, partition_dir)
+    nc = context.node_config
+    return load_local_site(name, data_dir, manifest, classes, settings,
+                           str(nc["cache-dir"]) if nc.get("cache-dir") else None,
+                           str(nc["weights-dir"]) if nc.get("weights-dir") else None)
+
+
+def make_client_app(partition_dir: Path | None = None) -> ClientApp:
+    """A ClientApp; ``partition_dir`` holds simulated sites' manifests (site-N.csv) in simulation."""
+    app = ClientApp()
+
+    @app.query("join")
+    def join(msg: Message, context: Context) -> Message:
+        info = join_info(_local(msg, context, partition_dir))
+        counts = MetricRecord({"counts": info.pop("counts"), "n-train": info.pop("n_train"), "n-val": info.pop("n_val"),
+                               "n-test": info.pop("n_test"), "n-groups": info.pop("n_groups"),
+                               "backbone_bytes": info.pop("backbone_bytes")})
+        return Message(RecordDict({"info": ConfigRecord(info), "metrics": counts}), reply_to=msg)
+
+    @app.query("embed")
+    def embed(msg: Message, context: Context) -> Message:
+        local = _local(msg, context, partition_dir)
+        sums = train_feature_sums(local)
+        arrays = ArrayRecord({f"{i}.{k}": Array(np.ascontiguousarray(v)) for i, s in enumerate(sums) for k, v in s.items()})
+        metrics = MetricRecord({"embedded-now": int(local.site.embeddings.computed), "seconds": float(local.site.embed_seconds),
+                                "num-examples": int(len(local.split["train"]))})
+        return Message(RecordDict({"sums": arrays, "metrics": metrics}), reply_to=msg)
+
+    @app.train("head")
+    def train(msg: Message, context: Context) -> Message:
+        local = _local(msg, context, partition_dir)
+        state = msg.content["arrays"].to_torch_state_dict()
+        new_state, metrics = local_train(local, state, int(msg.content["config"]["server-round"]))
+        return Message(RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.evaluate("head")
+    def evaluate(msg: Message, context: Context) -> Message:
+        local = _local(msg, context, partition_dir)
+        state = msg.content["arrays"].to_torch_state_dict()
+        split = str(msg.content["config"].get("split", "val"))
+        return Message(RecordDict({"metrics": MetricRecord(local_evaluate(local, state, split))}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,83 @@
+"""Federation settings: one frozen dataclass, exchanged as a flat dict (Flower run config / ConfigRecord)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from xincept.common.config import (THESIS_BACKBONES, AugmentConfig, BackboneConfig, HeadConfig, RunConfig,
+                                   SplitConfig, XGBConfig, default_cache_dir)
+from xincept.common.errors import SettingError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class FedSettings:
+    """Everything the server decides; sites receive the science part with every message."""
+
+    out_dir: str = "runs/federated"
+    rounds: int = 20
+    local_epochs: int = 2
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_lr: float = 0.05
+    min_sites: int = 2
+    join_timeout: float = 300.0
+    round_timeout: float = 3600.0
+    resume: bool = False
+    stop_after_round: int = 0  # testing aid: stop (as if killed) after this round
+    backbones: str = ",".join(THESIS_BACKBONES)
+    input_size: int = 224
+    pretrained: bool = True
+    precision: str = "auto"
+    group_block: int = 25
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    lr: float = 1e-3
+    batch_size: int = 64
+    dropout: float = 0.5
+    activation: str = "relu"
+    seed: int = 0
+    synthetic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise SettingError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
+        if self.rounds < 1 or self.local_epochs < 1:
+            raise SettingError("rounds and local-epochs must be at least 1")
+        if self.min_sites < 1:
+            raise SettingError("min-sites must be at least 1")
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat keys with dashes, as in Flower's run config."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def client_flat(self) -> dict[str, Any]:
+        """The part every site needs (no server paths)."""
+        keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction",
+                "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy")
+        return {k.replace("_", "-"): getattr(self, k) for k in keep}
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> "FedSettings":
+        names = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in flat.items():
+            name = key.replace("-", "_")
+            if name in names:
+                kind = type(getattr(cls(), name))
+                kwargs[name] = kind(value) if kind is not bool else value in (True, "true", "True", 1, "1")
+        return cls(**kwargs)
+
+    def run_config(self, cache_dir: Path | None = None, weights_dir: Path | None = None) -> RunConfig:
+        return RunConfig(
+            backbone=BackboneConfig(names=tuple(n for n in self.backbones.split(",") if n), input_size=self.input_size,
+                                    pretrained=self.pretrained, weights_dir=weights_dir, precision=self.precision),
+            head=HeadConfig(activation=self.activation, lr=self.lr, batch_size=self.batch_size, dropout=self.dropout, seed=self.seed),
+            xgb=XGBConfig(seed=self.seed),
+            split=SplitConfig(seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction, group_block=self.group_block),
+            augment=AugmentConfig(),
+            cache_dir=cache_dir or default_cache_dir(),
+        )

@@ -1,0 +1,118 @@
+"""A whole federation on one machine: partition the data into sites and run Flower's simulation engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xincept.common.atomic import write_json_atomic
+from xincept.common.data import scan_site
+from xincept.common.errors import SettingError
+from xincept.common.fedconfig import FedSettings
+from xincept.common.partition import parse_scheme, partition_groups, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: FedSettings,
+                    classes: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Write one manifest per simulated site (``out/site-N.csv``); returns (site names, class list)."""
+    kind, _ = parse_scheme(scheme)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "folders":
+        folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise SettingError(f"--partition folders: {data} holds no site folders (expected DIR/<site>/<class>/...)")
+        scans = [scan_site(f, classes, group_block=settings.group_block, show_progress=False) for f in folders]
+        classes = classes or sorted({c for s in scans for c in s.classes})
+        scans = [scan_site(f, classes, group_block=settings.group_block, show_progress=False) for f in folders]
+        names = [f.name for f in folders]
+        for i, s in enumerate(scans):
+            write_manifest(out / f"site-{i}.csv", s.records, classes)
+    else:
+        site = scan_site(data, classes, group_block=settings.group_block, show_progress=True)
+        classes = site.classes
+        parts = partition_groups(site.records, n_sites, scheme, len(classes), settings.seed)
+        for i, idx in enumerate(parts):
+            if not idx:
+                raise SettingError(f"--partition {scheme}: site {i} received no images; use fewer sites or a larger alpha")
+            write_manifest(out / f"site-{i}.csv", [site.records[j] for j in idx], classes)
+        names = [f"site-{i}" for i in range(n_sites)]
+    write_json_atomic(out / "sites.json", {"names": names, "classes": classes, "scheme": scheme})
+    return names, list(classes)
+
+
+def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, settings: FedSettings, demo: bool = False,
+                             cache_dir: Path | None = None, weights_dir: Path | None = None,
+                             reference: bool = True) -> dict[str, Any]:
+    """Partition, simulate every site with Flower's simulation engine, and add a centralized reference."""
+    from flwr.simulation import run_simulation
+
+    from xincept.client.app import make_client_app
+    from xincept.server.app import make_server_app
+
+    out = Path(settings.out_dir)
+    if demo:
+        from xincept.common.synthetic import write_image_folder
+
+        data = write_image_folder(out / "demo-data", per_class=24 * n_sites, size=96, ext=".png")
+        settings = replace(settings, synthetic=True, group_block=1)
+        log.warning("--demo: SYNTHETIC images generated in %s (not patient data)", data)
+    if data is None:
+        raise SettingError("give --data DIR (or --demo for a generated synthetic set)")
+    part_dir = out / "partitions"
+    names, classes = make_partitions(Path(data), n_sites, scheme, part_dir, settings)
+    n_sites = len(names)
+    if cache_dir is not None:
+        os.environ["XINCEPT_CACHE_DIR"] = str(cache_dir)
+    if weights_dir is not None:
+        os.environ["XINCEPT_WEIGHTS_DIR"] = str(weights_dir)
+    settings = replace(settings, min_sites=n_sites)
+    errors: list[BaseException] = []
+    server_app = make_server_app(settings, classes=classes, errors=errors)
+    client_app = make_client_app(part_dir)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": min(2, os.cpu_count() or 1), "include_dashboard": False}}
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
+    if errors:
+        raise errors[0]
+    metrics_path = out / "metrics.json"
+    if not metrics_path.is_file():
+        raise RuntimeError(f"the simulation ended without writing {metrics_path}; see the log above")
+    metrics = json.loads(metrics_path.read_text())
+    metrics["partition"] = {"scheme": scheme, "sites": n_sites, "names": names, "seed": settings.seed}
+    if reference:
+        metrics["centralized_reference"] = centralized_reference(part_dir, names, classes, settings, cache_dir, weights_dir)
+    write_json_atomic(metrics_path, metrics)
+    return metrics
+
+
+def centralized_reference(part_dir: Path, names: list[str], classes: list[str], settings: FedSettings,
+                          cache_dir: Path | None, weights_dir: Path | None) -> dict[str, Any]:
+    """The same protocol without federation: pool every site's train/val splits, score on every site's test split."""
+    from xincept.client.task import load_local_site
+    from xincept.common.metrics import classification_metrics, wilson_interval
+    from xincept.common.model import fit_model
+
+    locals_ = [load_local_site(names[i], str(part_dir), str(part_dir / f"site-{i}.csv"), tuple(classes), settings,
+                               str(cache_dir) if cache_dir else None, str(weights_dir) if weights_dir else None)
+               for i in range(len(names))]
+    feats = [np.concatenate([loc.site.feats[b] for loc in locals_]) for b in range(len(locals_[0].site.feats))]
+    y = np.concatenate([loc.site.y for loc in locals_])
+    offsets = np.cumsum([0] + [len(loc.site.y) for loc in locals_])
+    idx = {k: np.concatenate([loc.split[k] + off for loc, off in zip(locals_, offsets)]) for k in ("train", "val", "test")}
+    cfg = settings.run_config(cache_dir, weights_dir)
+    model = fit_model(feats, None, y, idx["train"], idx["val"], classes, cfg)
+    test_feats = [f[idx["test"]] for f in feats]
+    out = {}
+    for name, proba in (("head_softmax", model.head_proba(test_feats)), ("xgboost", model.predict_proba(test_feats))):
+        m = classification_metrics(y[idx["test"]], proba, classes)
+        m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
+        out[name] = m
+    out["protocol"] = "pooled site train/val splits, scored on the union of the sites' test splits (same splits as the federation)"
+    return out

@@ -81,3 +81,22 @@ class FedSettings:
             augment=AugmentConfig(),
             cache_dir=cache_dir or default_cache_dir(),
         )
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys, or a [tool.flwr.app.config] table."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SettingError(f"--config {path} does not exist")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingError(f"--config {path} is not valid TOML ({exc})") from exc
+    table = doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", doc)
+    known = {f.name for f in fields(FedSettings)}
+    unknown = [k for k in table if k.replace("-", "_") not in known]
+    if unknown:
+        raise SettingError(f"--config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return dict(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from xincept.server.cmd_centralized import centralized
+from xincept.server.cmd_simulate import simulate
 
 app = typer.Typer(
     name="xincept-server",
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("centralized")(centralized)
+app.command("simulate")(simulate)
 
 
 @app.callback()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from xincept.client.cmd_check import check
+from xincept.client.cmd_join import join
 from xincept.client.cmd_predict import predict
 from xincept.client.cmd_stage_weights import stage_weights
 
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command("check")(check)
 app.command("predict")(predict)
 app.command("stage-weights")(stage_weights)
+app.command("join")(join)
 
 
 def main() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from xincept.common.atomic import write_json_atomic
 from xincept.common.fedconfig import FedSettings
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,13 @@ def make_server_app(settings: FedSettings | None = None, classes: list[str] | No
     def main(grid: Grid, context: Context) -> None:
         from xincept.server.federation import run_federation
 
+        run_settings = settings or FedSettings.from_flat(dict(context.run_config))
+        status = Path(run_settings.out_dir) / "status.json"
         try:
-            run_federation(grid, settings or FedSettings.from_flat(dict(context.run_config)), classes)
+            run_federation(grid, run_settings, classes)
+            write_json_atomic(status, {"state": "finished"})
         except BaseException as exc:
+            write_json_atomic(status, {"state": "failed", "error": str(exc), "type": type(exc).__name__})
             if errors is None:
                 raise
             errors.append(exc)

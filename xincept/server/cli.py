@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from xincept.server.cmd_centralized import centralized
+from xincept.server.cmd_keys import keys
 from xincept.server.cmd_simulate import simulate
+from xincept.server.cmd_start import start
 
 app = typer.Typer(
     name="xincept-server",
@@ -16,6 +18,8 @@ app = typer.Typer(
 )
 app.command("centralized")(centralized)
 app.command("simulate")(simulate)
+app.command("start")(start)
+app.command("keys")(keys)
 
 
 @app.callback()

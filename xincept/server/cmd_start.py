@@ -1,0 +1,54 @@
+"""`xincept-server start`: run the coordinating SuperLink and the federated training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from xincept.common.cli import friendly_errors, setup_logging, VerboseOpt
+from xincept.server.cmd_simulate import ConfigOpt, EpochsOpt, ResumeOpt, RoundsOpt, StrategyOpt
+
+
+@friendly_errors
+def start(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (bundle, metrics, checkpoints, SuperLink state).")],
+    rounds: RoundsOpt = 20,
+    local_epochs: EpochsOpt = 2,
+    strategy: StrategyOpt = "fedavg",
+    min_sites: Annotated[int, typer.Option("--min-sites", help="Sites that must join before training starts.")] = 2,
+    join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,
+    tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="Folder with ca.crt, server.pem, server.key (see `xincept-server keys`).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (testing only).")] = False,
+    auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="CSV of registered SuperNode public keys: only those nodes may join.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for all interfaces).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="SuperLink port (Fleet and Control APIs).")] = 9092,
+    no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
+    backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated timm backbone names (default: the thesis pair).")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input size in pixels (default 224).")] = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Start a Flower SuperLink, wait for hospital sites, train, and write OUT/model, OUT/metrics.json, OUT/report.md."""
+    setup_logging(verbose)
+    from xincept.common.errors import SettingError
+    from xincept.common.fedconfig import FedSettings, load_settings_file
+    from xincept.server.superlink import LinkOptions, run_server
+
+    if insecure == (tls_dir is not None):
+        raise SettingError("choose one of --tls-dir DIR (TLS, the default for deployments) or --insecure (testing only)")
+    values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
+                  join_timeout=join_timeout, resume=resume)
+    if no_pretrained:
+        values["pretrained"] = False
+    if backbones:
+        values["backbones"] = backbones
+    if input_size:
+        values["input_size"] = input_size
+    settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})
+    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys))
+    g = metrics["global"]
+    typer.echo(f"federated accuracy {100 * g['accuracy']:.1f}% over {g['n']} held-out images at {len(metrics['sites'])} sites; "
+               f"wrote {out / 'model'}, {out / 'metrics.json'}, {out / 'report.md'}")

@@ -1,0 +1,117 @@
+"""Unit tests of federation pieces (stubs stand in for Flower's Grid here only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xincept.common.data import ImageRecord
+from xincept.common.errors import SettingError
+from xincept.common.fedconfig import FedSettings, load_settings_file
+from xincept.common.partition import partition_groups
+
+
+def _records(n_groups: int = 40, per_group: int = 3, k: int = 4) -> list[ImageRecord]:
+    return [ImageRecord(Path(f"{g}-{i}.png"), g % k, f"{g}-{i}", f"g{g}") for g in range(n_groups) for i in range(per_group)]
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet:0.5", "label-skew:2"])
+def test_partitions_keep_groups_whole_and_cover_everything(scheme: str) -> None:
+    recs = _records()
+    parts = partition_groups(recs, 4, scheme, 4, seed=0)
+    assert sorted(i for p in parts for i in p) == list(range(len(recs)))
+    owner = {}
+    for s, p in enumerate(parts):
+        for i in p:
+            assert owner.setdefault(recs[i].group, s) == s
+
+
+def test_label_skew_gives_each_site_k_classes_and_iid_is_balanced() -> None:
+    recs = _records()
+    for p in partition_groups(recs, 4, "label-skew:2", 4):
+        assert len({recs[i].label for i in p}) == 2
+    sizes = [len(p) for p in partition_groups(recs, 4, "iid", 4)]
+    assert max(sizes) - min(sizes) <= 3
+
+
+def test_bad_partition_schemes_are_clear() -> None:
+    with pytest.raises(SettingError, match="choose iid"):
+        partition_groups(_records(), 2, "random", 4)
+    with pytest.raises(SettingError, match="give a number"):
+        partition_groups(_records(), 2, "dirichlet:x", 4)
+
+
+def test_settings_round_trip_and_config_file(tmp_path: Path) -> None:
+    s = FedSettings(rounds=3, strategy="fedprox", pretrained=False)
+    assert FedSettings.from_flat(s.to_flat()) == s
+    cfg = tmp_path / "fed.toml"
+    cfg.write_text('rounds = 7\nlocal-epochs = 3\nstrategy = "fedadam"\n')
+    assert FedSettings.from_flat(load_settings_file(cfg)).rounds == 7
+    cfg.write_text("roundz = 7\n")
+    with pytest.raises(SettingError, match="unknown setting"):
+        load_settings_file(cfg)
+    with pytest.raises(SettingError, match="strategy"):
+        FedSettings(strategy="fedsgd")
+
+
+def test_site_mismatch_names_the_site_and_the_difference() -> None:
+    from xincept.server.federation import FederationError, Site, check_sites
+
+    base = {"version": "0.1.0", "fingerprints": ["a:1", "b:2"], "classes": ["A", "B"]}
+    sites = [Site(1, "alpha", dict(base)), Site(2, "beta", {**base, "fingerprints": ["a:1", "b:9"]})]
+    with pytest.raises(FederationError, match=r"site beta differs from site alpha in backbone weights"):
+        check_sites(sites)
+    assert check_sites([Site(1, "alpha", dict(base)), Site(2, "beta", dict(base))]) == ["A", "B"]
+
+
+class _Grid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_waiting_for_sites_is_bounded() -> None:
+    from xincept.server.federation import FederationError, wait_for_sites
+
+    assert wait_for_sites(_Grid([3, 1]), 2, timeout=1) == [1, 3]
+    with pytest.raises(FederationError, match="only 1 of the required 3"):
+        wait_for_sites(_Grid([1]), 3, timeout=1.5)
+
+
+def test_node_config_and_supernode_command(tmp_path: Path) -> None:
+    from xincept.client.supernode import NodeOptions, node_config, supernode_command
+
+    opts = NodeOptions(site='st "mary"', data=tmp_path, server="h:9092", root_cert=tmp_path / "ca.crt", clientapp_port=9300)
+    nc = node_config(opts)
+    assert 'site="st \\"mary\\""' in nc and f'data-dir="{tmp_path.resolve()}"' in nc
+    cmd = supernode_command(opts)
+    assert cmd[cmd.index("--root-certificates") + 1].endswith("ca.crt") and "--insecure" not in cmd
+
+
+def test_certificates_chain_to_the_ca(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from xincept.common.tls import make_certificates, tls_files
+
+    files = make_certificates(tmp_path, ["127.0.0.1", "server.example"])
+    ca = x509.load_pem_x509_certificate(files["ca"].read_bytes())
+    cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "server.example" in san.get_values_for_type(x509.DNSName)
+    assert set(tls_files(tmp_path)) == {"ca", "cert", "key"}
+    with pytest.raises(SettingError, match="xincept-server keys"):
+        tls_files(tmp_path / "missing")
+
+
+def test_head_rounds_metrics_from_counts_only() -> None:
+    from xincept.common.metrics import metrics_from_confusion, wilson_interval
+
+    m = metrics_from_confusion(np.array([[8, 2], [1, 9]]), ["A", "B"])
+    assert m["accuracy"] == pytest.approx(0.85) and m["per_class"]["B"]["sensitivity"] == pytest.approx(0.9)
+    lo, hi = wilson_interval(17, 20)
+    assert lo < 0.85 < hi

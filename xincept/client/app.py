@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from xincept.client.task import LocalSite, join_info, load_local_site, local_evaluate, local_train, train_feature_sums
+from xincept.client.task import (LocalSite, join_info, load_local_site, local_evaluate, local_train, train_feature_sums,
+                                 xgb_bagging_round, xgb_histogram)
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 
@@ -39,6 +40,15 @@ def _local(msg: Message, context: Context, partition_dir: Path | None) -> LocalS
     return load_local_site(name, data_dir, manifest, classes, settings,
                            str(nc["cache-dir"]) if nc.get("cache-dir") else None,
                            str(nc["weights-dir"]) if nc.get("weights-dir") else None)
+
+
+def _xgb_tls_dir(cfg, context: Context) -> Path | None:
+    """Certificates for XGBoost's mutual TLS: the site's own (node config tls-dir), or the simulation's."""
+    if context.node_config.get("tls-dir"):
+        return Path(str(context.node_config["tls-dir"]))
+    if cfg.get("xgb-tls-dir"):
+        return Path(str(cfg["xgb-tls-dir"]))
+    return None
 
 
 def make_client_app(partition_dir: Path | None = None) -> ClientApp:
@@ -69,12 +79,38 @@ def make_client_app(partition_dir: Path | None = None) -> ClientApp:
         new_state, metrics = local_train(local, state, int(msg.content["config"]["server-round"]))
         return Message(RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
+    @app.train("xgb")
+    def train_xgb(msg: Message, context: Context) -> Message:
+        """Histogram mode: join XGBoost's federated communicator; every site ends with the same booster."""
+        local = _local(msg, context, partition_dir)
+        cfg = msg.content["config"]
+        tls = _xgb_tls_dir(cfg, context)
+        raw = xgb_histogram(local, msg.content["arrays"].to_torch_state_dict(), str(cfg["xgb-address"]), int(cfg["xgb-rank"]),
+                            int(cfg["xgb-world"]), tls)
+        reply = {"num-examples": int(len(local.split["train"]))}
+        content = RecordDict({"metrics": MetricRecord(reply)})
+        if int(cfg["xgb-rank"]) == 0:  # one copy of the (identical) booster is enough
+            content["booster"] = ConfigRecord({"json": raw})
+        return Message(content, reply_to=msg)
+
+    @app.train("xgb_bagging")
+    def train_xgb_bag(msg: Message, context: Context) -> Message:
+        """Bagging mode: one local boosting round on top of the global booster."""
+        local = _local(msg, context, partition_dir)
+        cfg = msg.content["config"]
+        global_raw = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
+        raw = xgb_bagging_round(local, msg.content["arrays"].to_torch_state_dict(), global_raw)
+        return Message(RecordDict({"booster": ConfigRecord({"json": raw}),
+                                   "metrics": MetricRecord({"num-examples": int(len(local.split["train"]))})}), reply_to=msg)
+
     @app.evaluate("head")
     def evaluate(msg: Message, context: Context) -> Message:
         local = _local(msg, context, partition_dir)
         state = msg.content["arrays"].to_torch_state_dict()
-        split = str(msg.content["config"].get("split", "val"))
-        return Message(RecordDict({"metrics": MetricRecord(local_evaluate(local, state, split))}), reply_to=msg)
+        cfg = msg.content["config"]
+        split = str(cfg.get("split", "val"))
+        booster = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
+        return Message(RecordDict({"metrics": MetricRecord(local_evaluate(local, state, split, booster))}), reply_to=msg)
 
     return app
 

@@ -21,7 +21,7 @@ from xincept.common.head import FusedHead, feature_sums
 from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
-from xincept.common.train_head import predict_logits, train_epochs
+from xincept.common.train_head import embed_features, predict_logits, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,59 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, {"num-examples": int(len(idx)), "train-loss": float(loss)}
 
 
-def local_evaluate(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
-    """Aggregate counts on one split: number of images, summed loss, confusion matrix (flattened)."""
+def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead:
     feats = local.site.feats
     head = new_head_for([f.shape[1] for f in feats], len(local.classes), local.settings)
     head.load_state_dict(state)
+    head.eval()
+    return head
+
+
+def split_embeddings(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shared embeddings (global head) and labels of one split; they stay at the site."""
+    idx = local.split[split]
+    return embed_features(_head(local, state), select(local.site.feats, idx)), local.site.y[idx]
+
+
+def xgb_histogram(local: LocalSite, state: dict[str, torch.Tensor], address: str, rank: int, world: int,
+                  tls_dir: Path | None) -> bytes:
+    """This site's part of federated histogram XGBoost on its training split (validation split for early stopping)."""
+    from xincept.common.xgb_federated import train_histogram
+
+    x_tr, y_tr = split_embeddings(local, state, "train")
+    x_val, y_val = split_embeddings(local, state, "val")
+    s = local.settings
+    return train_histogram(x_tr, y_tr, x_val, y_val, address, rank, world, len(local.classes), s.xgb_config(), tls_dir,
+                           timeout=int(s.xgb_timeout))
+
+
+def xgb_bagging_round(local: LocalSite, state: dict[str, torch.Tensor], global_raw: bytes | None) -> bytes:
+    """One local boosting round (K trees, one per class) on top of the global booster."""
+    from xincept.common.xgb_federated import boost_from
+
+    x_tr, y_tr = split_embeddings(local, state, "train")
+    return boost_from(global_raw, x_tr, y_tr, len(local.classes), local.settings.xgb_config(), rounds=1)
+
+
+def local_evaluate(local: LocalSite, state: dict[str, torch.Tensor], split: str, booster_raw: bytes | None = None) -> dict[str, Any]:
+    """Aggregate counts on one split: number of images, summed loss, confusion matrix (flattened).
+
+    With ``booster_raw`` the XGBoost booster on the head's embeddings is scored, otherwise the head's softmax.
+    """
+    feats = local.site.feats
+    head = _head(local, state)
     idx = local.split[split]
     k = len(local.classes)
     if len(idx) == 0:
         return {"num-examples": 0, "loss-sum": 0.0, "confusion": [0] * (k * k)}
-    logits = torch.as_tensor(predict_logits(head, select(feats, idx)))
+    if booster_raw:
+        from xincept.common.classifiers import xgb_predict_proba
+        from xincept.common.xgb_federated import booster_from_raw
+
+        proba = xgb_predict_proba(booster_from_raw(booster_raw), embed_features(head, select(feats, idx)))
+        logits = torch.log(torch.as_tensor(proba, dtype=torch.float32).clamp_min(1e-7))
+    else:
+        logits = torch.as_tensor(predict_logits(head, select(feats, idx)))
     y = torch.as_tensor(local.site.y[idx])
     loss = float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
     cm = np.zeros((k, k), dtype=np.int64)

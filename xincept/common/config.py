@@ -71,8 +71,8 @@ class XGBConfig:
     n_estimators: int = 300
     max_depth: int = 4
     learning_rate: float = 0.1
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
+    subsample: float = 1.0  # <1 samples rows per site in federated histogram mode, so predictions drift from centralized
+    colsample_bytree: float = 1.0
     max_bin: int = 256
     early_stopping_rounds: int = 30
     features: str = "embedding"  # or "fused" (the raw concatenated pooled features)

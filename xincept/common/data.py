@@ -283,7 +283,7 @@ def require_usable(site: SiteData, min_per_class: int = 2) -> None:
     report = site.report
     if not site.records:
         raise DataError(f"no readable images under {report.root}: run `xincept-client check --data {report.root}` for details")
-    thin = {c: n for c, n in report.counts.items() if n < min_per_class}
+    thin = {c: n for c, n in report.counts.items() if 0 < n < min_per_class}  # absent classes are fine (non-IID sites)
     if thin:
         raise DataError(
             f"class(es) {thin} under {report.root} have fewer than {min_per_class} readable images: "

@@ -19,7 +19,7 @@ class FedSettings:
 
     out_dir: str = "runs/federated"
     rounds: int = 20
-    local_epochs: int = 2
+    local_epochs: int = 5
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_lr: float = 0.05
@@ -35,12 +35,24 @@ class FedSettings:
     group_block: int = 25
     test_fraction: float = 0.2
     val_fraction: float = 0.15
-    lr: float = 1e-3
+    lr: float = 3e-3  # local Adam learning rate at each site (the centralized baseline keeps 1e-3)
     batch_size: int = 64
     dropout: float = 0.5
     activation: str = "relu"
     seed: int = 0
     synthetic: bool = False
+    xgb_mode: str = "histogram"  # histogram | bagging | none (the head's softmax is the classifier)
+    xgb_rounds: int = 300
+    xgb_eta: float = 0.1
+    xgb_max_depth: int = 4
+    xgb_subsample: float = 1.0
+    xgb_max_bin: int = 256
+    xgb_early_stopping: int = 30
+    xgb_bagging_rounds: int = 60
+    xgb_timeout: float = 600.0
+    xgb_tls_dir: str = ""  # server side: ca.crt, server.pem, server.key for the tracker ("" and not insecure: generated)
+    public_host: str = "127.0.0.1"  # where sites reach the XGBoost tracker
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -49,6 +61,8 @@ class FedSettings:
             raise SettingError("rounds and local-epochs must be at least 1")
         if self.min_sites < 1:
             raise SettingError("min-sites must be at least 1")
+        if self.xgb_mode not in ("histogram", "bagging", "none"):
+            raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
 
     def to_flat(self) -> dict[str, Any]:
         """Flat keys with dashes, as in Flower's run config."""
@@ -57,7 +71,8 @@ class FedSettings:
     def client_flat(self) -> dict[str, Any]:
         """The part every site needs (no server paths)."""
         keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction",
-                "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy")
+                "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
+                "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout")
         return {k.replace("_", "-"): getattr(self, k) for k in keep}
 
     @classmethod
@@ -71,12 +86,17 @@ class FedSettings:
                 kwargs[name] = kind(value) if kind is not bool else value in (True, "true", "True", 1, "1")
         return cls(**kwargs)
 
+    def xgb_config(self) -> XGBConfig:
+        return XGBConfig(n_estimators=self.xgb_rounds, learning_rate=self.xgb_eta, max_depth=self.xgb_max_depth,
+                         subsample=self.xgb_subsample, max_bin=self.xgb_max_bin, early_stopping_rounds=self.xgb_early_stopping,
+                         seed=self.seed)
+
     def run_config(self, cache_dir: Path | None = None, weights_dir: Path | None = None) -> RunConfig:
         return RunConfig(
             backbone=BackboneConfig(names=tuple(n for n in self.backbones.split(",") if n), input_size=self.input_size,
                                     pretrained=self.pretrained, weights_dir=weights_dir, precision=self.precision),
             head=HeadConfig(activation=self.activation, lr=self.lr, batch_size=self.batch_size, dropout=self.dropout, seed=self.seed),
-            xgb=XGBConfig(seed=self.seed),
+            xgb=self.xgb_config(),
             split=SplitConfig(seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction, group_block=self.group_block),
             augment=AugmentConfig(),
             cache_dir=cache_dir or default_cache_dir(),

@@ -23,7 +23,7 @@ def _name(common_name: str):
 
 
 def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str, Path]:
-    """Write ca.crt, ca.key, server.pem and server.key into ``out`` (server valid for ``hosts``)."""
+    """Write ca.crt, ca.key, server.pem, server.key, client.pem and client.key into ``out`` (server valid for ``hosts``)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +36,21 @@ def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str,
           .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
+    files = {"ca": out / CA_CERT, "ca_key": out / "ca.key", "cert": out / SERVER_CERT, "key": out / SERVER_KEY,
+             "client_cert": out / "client.pem", "client_key": out / "client.key"}
+    pem = serialization.Encoding.PEM
+    nokey = serialization.NoEncryption()
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    # a client certificate for XGBoost's mutual-TLS federated communicator
+    ckey = ec.generate_private_key(ec.SECP384R1())
+    ccert = (x509.CertificateBuilder().subject_name(_name("xincept-site")).issuer_name(ca.subject)
+             .public_key(ckey.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .sign(ca_key, hashes.SHA256()))
+    write_bytes_atomic(files["client_cert"], ccert.public_bytes(pem))
+    write_bytes_atomic(files["client_key"], ckey.private_bytes(pem, pkcs8, nokey))
+    files["client_key"].chmod(0o600)
     key = ec.generate_private_key(ec.SECP384R1())
     sans = []
     for h in hosts:
@@ -49,10 +64,6 @@ def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str,
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    nokey = serialization.NoEncryption()
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    files = {"ca": out / CA_CERT, "ca_key": out / "ca.key", "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
     write_bytes_atomic(files["ca"], ca.public_bytes(pem))
     write_bytes_atomic(files["ca_key"], ca_key.private_bytes(pem, pkcs8, nokey))
     write_bytes_atomic(files["cert"], cert.public_bytes(pem))

@@ -26,7 +26,7 @@ def simulate(
     partition: Annotated[str, typer.Option("--partition", help="iid, dirichlet:ALPHA, label-skew:K or folders (whole patient groups per site).")] = "iid",
     demo: Annotated[bool, typer.Option("--demo", help="Generate a small SYNTHETIC image set (no data needed) with tiny backbones: a quick offline demonstration.")] = False,
     rounds: RoundsOpt = 20,
-    local_epochs: EpochsOpt = 2,
+    local_epochs: EpochsOpt = 5,
     strategy: StrategyOpt = "fedavg",
     no_pretrained: NoPretrainedOpt = False,
     weights_dir: WeightsDirOpt = None,

@@ -15,7 +15,7 @@ from xincept.server.cmd_simulate import ConfigOpt, EpochsOpt, ResumeOpt, RoundsO
 def start(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (bundle, metrics, checkpoints, SuperLink state).")],
     rounds: RoundsOpt = 20,
-    local_epochs: EpochsOpt = 2,
+    local_epochs: EpochsOpt = 5,
     strategy: StrategyOpt = "fedavg",
     min_sites: Annotated[int, typer.Option("--min-sites", help="Sites that must join before training starts.")] = 2,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,

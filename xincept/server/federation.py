@@ -30,7 +30,9 @@ from xincept.common.model import XinceptModel
 from xincept.common.report import render_report
 from xincept.common.versions import package_versions
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from xincept.common.xgb_federated import booster_from_raw
 from xincept.server.strategies import make_strategy, restore_strategy_state, strategy_state
+from xincept.server.xgb_phase import run_xgb_phase
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,14 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def ask(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDict, timeout: float) -> dict[int, Message]:
-    """Send one message per node and collect every reply; a missing or failed reply stops the run by name."""
-    msgs = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+def ask(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDict | dict[int, RecordDict],
+        timeout: float) -> dict[int, Message]:
+    """Send one message per node (the same content, or one per node) and collect every reply.
+
+    A missing or failed reply stops the run, naming the site.
+    """
+    msgs = [Message(content=content[n] if isinstance(content, dict) else content, message_type=message_type, dst_node_id=n)
+            for n in nodes]
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=timeout)}
     missing = [nodes[n] for n in nodes if n not in replies]
     if missing:
@@ -218,10 +225,22 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
             raise StoppedAfterRound(f"stopped after round {r} (stop-after-round)")
     t_rounds = time.perf_counter() - t_rounds
 
+    # -- xgb ----------------------------------------------------------------------------------
+    booster_raw, xgb_info = None, {"mode": "none"}
+    if settings.xgb_mode != "none":
+        n_train = {s.name: int(s.info["n-train"]) for s in sites}
+        booster_raw, xgb_info = run_xgb_phase(ask, grid, nodes, settings, state,
+                                              lambda **kw: _config(settings, classes, **kw), n_train)
+
     # -- validate -----------------------------------------------------------------------------
-    test_replies = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": _config(settings, classes, split="test")}),
-                       settings.round_timeout)
-    per_site, glob = _site_eval(test_replies, nodes, classes)
+    def evaluate_test(booster: bytes | None) -> tuple[dict, dict]:
+        extra = {"split": "test", **({"booster": booster} if booster else {})}
+        replies = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": _config(settings, classes, **extra)}),
+                      settings.round_timeout)
+        return _site_eval(replies, nodes, classes)
+
+    head_sites, head_glob = evaluate_test(None)
+    per_site, glob = evaluate_test(booster_raw) if booster_raw else (head_sites, head_glob)
     correct = int(np.trace(np.asarray(glob["confusion"])))
     glob["ci95"] = {"accuracy": wilson_interval(correct, glob["n"])}
     head.load_state_dict(state)
@@ -238,15 +257,20 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     metrics = {
         "protocol": protocol,
         "weights": weights,
-        "classifier": f"fused head softmax (federated {settings.strategy}, {settings.rounds} rounds x {settings.local_epochs} local epochs)",
+        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x {settings.local_epochs} local epochs)"
+                       + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")),
         "global": glob,
+        "head_softmax": {"global": {k: head_glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "n")},
+                         "sites": {s: {"accuracy": v["accuracy"], "n": v["n"]} for s, v in head_sites.items()}},
+        "xgb": xgb_info,
         "sites": per_site,
         "rounds": rounds,
         "communication": {"bytes_per_site_per_round": nbytes, "bytes_per_site_per_round_both_ways": 2 * nbytes,
                           "full_model_bytes": nbytes + int(sites[0].info.get("backbone_bytes", 0)),
                           "rounds": settings.rounds, "bytes_per_site_per_run": 2 * nbytes * settings.rounds},
         "embedding": embed_stats,
-        "timing_s": {"embed": round(t_embed, 2), "head_rounds": round(t_rounds, 2), "total": round(time.perf_counter() - t0, 2)},
+        "timing_s": {"embed": round(t_embed, 2), "head_rounds": round(t_rounds, 2), "xgb": xgb_info.get("seconds", 0.0),
+                     "total": round(time.perf_counter() - t0, 2)},
         "settings": settings.to_flat(),
     }
     meta = {
@@ -263,7 +287,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
         "protocol": protocol,
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
-    model = XinceptModel(head=head, booster=None, classes=classes, xgb_features="embedding")
+    model = XinceptModel(head=head, booster=booster_from_raw(booster_raw) if booster_raw else None, classes=classes,
+                         xgb_features="embedding")
     report = render_report("XIncept-ALL federated training", metrics, meta)
     write_bundle(out / "model", model, meta)
     write_json_atomic(out / "metrics.json", metrics)

@@ -13,6 +13,7 @@ import numpy as np
 
 from xincept.common.atomic import write_json_atomic
 from xincept.common.data import scan_site
+from xincept.common.config import HeadConfig
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.partition import parse_scheme, partition_groups, write_manifest
@@ -77,7 +78,14 @@ def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, setti
     errors: list[BaseException] = []
     server_app = make_server_app(settings, classes=classes, errors=errors)
     client_app = make_client_app(part_dir)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": min(2, os.cpu_count() or 1), "include_dashboard": False}}
+    cpus = os.cpu_count() or 1
+    # histogram XGBoost needs every site in the communicator at once: one Ray actor per site (up to 8)
+    per_site = cpus / min(n_sites, 8) if settings.xgb_mode == "histogram" else 1
+    if settings.xgb_mode == "histogram" and n_sites > 8:
+        raise SettingError(f"--sites {n_sites} with xgb-mode histogram: a simulation holds at most 8 sites online together; "
+                           "use xgb-mode bagging for more")
+    backend = {"client_resources": {"num_cpus": per_site, "num_gpus": 0.0},
+               "init_args": {"num_cpus": cpus, "include_dashboard": False}}
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
     if errors:
         raise errors[0]
@@ -107,6 +115,7 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
     offsets = np.cumsum([0] + [len(loc.site.y) for loc in locals_])
     idx = {k: np.concatenate([loc.split[k] + off for loc, off in zip(locals_, offsets)]) for k in ("train", "val", "test")}
     cfg = settings.run_config(cache_dir, weights_dir)
+    cfg = replace(cfg, head=replace(cfg.head, lr=HeadConfig().lr))  # exactly what `xincept-server centralized` trains
     model = fit_model(feats, None, y, idx["train"], idx["val"], classes, cfg)
     test_feats = [f[idx["test"]] for f in feats]
     out = {}
@@ -114,5 +123,19 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
         m = classification_metrics(y[idx["test"]], proba, classes)
         m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
         out[name] = m
+    fed_model = Path(settings.out_dir) / "model"
+    if (fed_model / "xgb.json").is_file():  # centralized XGBoost on the federated head's own embeddings
+        from xincept.common.bundle import read_bundle
+        from xincept.common.classifiers import fit_xgb, xgb_predict_proba
+        from xincept.common.train_head import embed_features
+
+        fed, _ = read_bundle(fed_model)
+        emb = embed_features(fed.head, feats)
+        booster = fit_xgb(emb[idx["train"]], y[idx["train"]], emb[idx["val"]], y[idx["val"]], len(classes), settings.xgb_config())
+        proba = xgb_predict_proba(booster, emb[idx["test"]])
+        m = classification_metrics(y[idx["test"]], proba, classes)
+        m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
+        m["agreement_with_federated"] = float((proba.argmax(1) == fed.predict_proba(test_feats).argmax(1)).mean())
+        out["xgboost_on_federated_embeddings"] = m
     out["protocol"] = "pooled site train/val splits, scored on the union of the sites' test splits (same splits as the federation)"
     return out

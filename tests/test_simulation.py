@@ -44,7 +44,11 @@ def test_phases_write_the_bundle_metrics_and_report(data: Path, tmp_path: Path) 
     assert metrics["centralized_reference"]["head_softmax"]["n"] == g["n"]
     assert metrics["weights"] == "random" and metrics["protocol"]["kind"] == "federated-site-holdout"
     meta = json.loads((out / "model" / "model.json").read_text())
-    assert meta["classifier"]["kind"] == "head-softmax" and "RANDOM WEIGHTS" in meta["warning"]
+    assert meta["classifier"]["kind"] == "xgboost" and "RANDOM WEIGHTS" in meta["warning"]
+    assert metrics["xgb"]["mode"] == "histogram" and metrics["xgb"]["tls"] and (out / "model" / "xgb.json").is_file()
+    assert metrics["head_softmax"]["global"]["n"] == g["n"]
+    ref = metrics["centralized_reference"]["xgboost_on_federated_embeddings"]
+    assert ref["n"] == g["n"] and ref["agreement_with_federated"] > 0.9
     assert [b["name"] for b in meta["backbones"]] == ["test_resnet", "test_efficientnet"]
     assert "Results at each site" in (out / "report.md").read_text()
 
@@ -74,3 +78,13 @@ def test_killed_run_resumes_to_the_same_head(data: Path, tmp_path: Path) -> None
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bagging_mode_and_head_only_mode(data: Path, tmp_path: Path) -> None:
+    bag = _run(data, tmp_path / "bag", tmp_path / "cache", rounds=1, xgb_mode="bagging", xgb_bagging_rounds=3)
+    assert bag["xgb"] == {"mode": "bagging", "rounds": 3, "sites": 3, "seconds": bag["xgb"]["seconds"]}
+    trees = json.loads((tmp_path / "bag" / "model" / "xgb.json").read_text())["learner"]["gradient_booster"]["model"]
+    assert len(trees["tree_info"]) == 3 * 3 * 4  # rounds x sites x classes
+    none = _run(data, tmp_path / "none", tmp_path / "cache", rounds=1, xgb_mode="none")
+    assert json.loads((tmp_path / "none" / "model" / "model.json").read_text())["classifier"]["kind"] == "head-softmax"
+    assert none["global"]["accuracy"] == none["head_softmax"]["global"]["accuracy"]

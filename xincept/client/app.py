@@ -47,7 +47,11 @@ def _xgb_tls_dir(cfg, context: Context) -> Path | None:
     if context.node_config.get("tls-dir"):
         return Path(str(context.node_config["tls-dir"]))
     if cfg.get("xgb-tls-dir"):
-        return Path(str(cfg["xgb-tls-dir"]))
+        folder = Path(str(cfg["xgb-tls-dir"]))  # a simulation, or a site on the server's machine
+        if not (folder / "client.pem").is_file():
+            raise SettingError("the federated XGBoost phase needs this site's client certificate: restart "
+                               "`xincept-client join` with --tls-dir DIR holding ca.crt, client.pem and client.key")
+        return folder
     return None
 
 

@@ -18,6 +18,7 @@ def join(
     root_cert: Annotated[Path | None, typer.Option("--root-cert", help="CA certificate that signed the server's TLS certificate.")] = None,
     auth_key: Annotated[Path | None, typer.Option("--auth-key", help="This site's private node key (public key beside it as <key>.pub), registered at the server.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Connect without TLS (testing only).")] = False,
+    tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="This site's ca.crt, client.pem, client.key for XGBoost's mutual TLS (from `xincept-server keys`).")] = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
     manifest: ManifestOpt = None,
@@ -47,6 +48,6 @@ def join(
     log.info("site %s: %d images in %d classes, %d groups, %d skipped; only weights and aggregate counts leave this site",
              site, r.n_images, len(r.classes), r.n_groups, len(r.skipped))
     code = run_supernode(NodeOptions(site=site, data=data, server=server, root_cert=root_cert, insecure=insecure, auth_key=auth_key,
-                                     cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port,
+                                     cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port, tls_dir=tls_dir,
                                      max_retries=max_retries, max_wait_time=max_wait_time))
     raise typer.Exit(code)

@@ -26,6 +26,7 @@ class NodeOptions:
     cache_dir: Path | None = None
     weights_dir: Path | None = None
     manifest: Path | None = None
+    tls_dir: Path | None = None  # ca.crt, client.pem, client.key for XGBoost's mutual TLS
     clientapp_port: int = 9094
     max_retries: int | None = None
     max_wait_time: float | None = None
@@ -44,6 +45,8 @@ def node_config(opts: NodeOptions) -> str:
         items["weights-dir"] = str(opts.weights_dir.resolve())
     if opts.manifest:
         items["manifest"] = str(opts.manifest.resolve())
+    if opts.tls_dir:
+        items["tls-dir"] = str(opts.tls_dir.resolve())
     return " ".join(f"{k}={_quote(v)}" for k, v in items.items())
 
 

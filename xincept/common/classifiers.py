@@ -20,6 +20,7 @@ def xgb_params(cfg: XGBConfig, num_classes: int) -> dict[str, Any]:
         "colsample_bytree": cfg.colsample_bytree,
         "max_bin": cfg.max_bin,
         "tree_method": "hist",
+        "base_score": 0.5,  # a fixed intercept: identical at every site, so federated models add up
         "eval_metric": "mlogloss",
         "seed": cfg.seed,
         "nthread": 0,

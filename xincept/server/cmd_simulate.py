@@ -15,6 +15,7 @@ RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds
 EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round at each site.")]
 StrategyOpt = Annotated[str, typer.Option("--strategy", help="fedavg, fedprox or fedadam.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
+XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file of federation settings (keys as in FedSettings, dashes or underscores).")]
 
 
@@ -28,6 +29,7 @@ def simulate(
     rounds: RoundsOpt = 20,
     local_epochs: EpochsOpt = 5,
     strategy: StrategyOpt = "fedavg",
+    xgb_mode: XgbModeOpt = "histogram",
     no_pretrained: NoPretrainedOpt = False,
     weights_dir: WeightsDirOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -37,7 +39,8 @@ def simulate(
     precision: PrecisionOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
     resume: ResumeOpt = False,
-    config: ConfigOpt = None,
+    config: XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
+ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Simulate a federation of SITES hospitals on one machine and write the same bundle as a real run."""
@@ -47,7 +50,7 @@ def simulate(
 
     values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, pretrained=not no_pretrained,
                   backbones=backbones, input_size=input_size, group_block=group_block, precision=precision, seed=seed,
-                  resume=resume, min_sites=sites)
+                  resume=resume, min_sites=sites, xgb_mode=xgb_mode)
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
         values.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False, rounds=min(rounds, 10))
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from xincept.common.cli import friendly_errors, setup_logging, VerboseOpt
-from xincept.server.cmd_simulate import ConfigOpt, EpochsOpt, ResumeOpt, RoundsOpt, StrategyOpt
+from xincept.server.cmd_simulate import ConfigOpt, EpochsOpt, ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt
 
 
 @friendly_errors
@@ -17,6 +17,7 @@ def start(
     rounds: RoundsOpt = 20,
     local_epochs: EpochsOpt = 5,
     strategy: StrategyOpt = "fedavg",
+    xgb_mode: XgbModeOpt = "histogram",
     min_sites: Annotated[int, typer.Option("--min-sites", help="Sites that must join before training starts.")] = 2,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,
     tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="Folder with ca.crt, server.pem, server.key (see `xincept-server keys`).")] = None,
@@ -24,6 +25,7 @@ def start(
     auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="CSV of registered SuperNode public keys: only those nodes may join.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for all interfaces).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="SuperLink port (Fleet and Control APIs).")] = 9092,
+    public_host: Annotated[str | None, typer.Option("--public-host", help="Name or IP sites use to reach this server (for XGBoost's tracker; default: --host).")] = None,
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
     backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated timm backbone names (default: the thesis pair).")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input size in pixels (default 224).")] = None,
@@ -39,8 +41,12 @@ def start(
 
     if insecure == (tls_dir is not None):
         raise SettingError("choose one of --tls-dir DIR (TLS, the default for deployments) or --insecure (testing only)")
+    advertised = public_host or host
+    if advertised in ("0.0.0.0", "::"):
+        raise SettingError("--host listens on every interface: give --public-host NAME, the address sites use to reach this server")
     values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
-                  join_timeout=join_timeout, resume=resume)
+                  join_timeout=join_timeout, resume=resume, xgb_mode=xgb_mode, public_host=advertised, insecure=insecure,
+                  xgb_tls_dir=str(tls_dir.resolve()) if tls_dir else "")
     if no_pretrained:
         values["pretrained"] = False
     if backbones:

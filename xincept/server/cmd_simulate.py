@@ -39,8 +39,7 @@ def simulate(
     precision: PrecisionOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
     resume: ResumeOpt = False,
-    config: XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
-ConfigOpt = None,
+    config: ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Simulate a federation of SITES hospitals on one machine and write the same bundle as a real run."""

@@ -77,7 +77,7 @@ def test_killed_run_resumes_to_the_same_head(data: Path, tmp_path: Path) -> None
     b = load_file(str(part / "model" / "head.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)  # thread scheduling reorders float sums
 
 
 def test_bagging_mode_and_head_only_mode(data: Path, tmp_path: Path) -> None:

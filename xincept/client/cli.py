@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import typer
-
 from xincept.client.cmd_check import check
 from xincept.client.cmd_join import join
 from xincept.client.cmd_predict import predict
 from xincept.client.cmd_stage_weights import stage_weights
+from xincept.common.cli import make_app
 
-app = typer.Typer(
-    name="xincept-client",
-    help="XIncept-ALL hospital client: check data, predict, stage weights, join a federation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-app.command("check")(check)
-app.command("predict")(predict)
-app.command("stage-weights")(stage_weights)
-app.command("join")(join)
+app = make_app("xincept-client", "XIncept-ALL hospital client: check data, predict, stage weights, join a federation.",
+               {"check": check, "predict": predict, "stage-weights": stage_weights, "join": join})
 
 
 def main() -> None:

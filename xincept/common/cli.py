@@ -85,3 +85,12 @@ def stdout_json(obj: Any) -> None:
     import json
 
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]]) -> typer.Typer:
+    """A typer app with one sub-command per entry (always a command group, even with one command)."""
+    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    for command_name, fn in commands.items():
+        app.command(command_name)(fn)
+    app.callback()(lambda: None)
+    return app

@@ -29,10 +29,6 @@ class Embeddings:
     computed: int  # how many (image, view) items were embedded now rather than read from cache
     path: EmbedPath | None = None  # the numerics the features were computed with
 
-    def fused(self) -> np.ndarray:
-        """The raw concatenated pooled features (N, sum F)."""
-        return np.concatenate([self.base[k] for k in self.base], axis=1)
-
 
 class _ImageViews:
     """torch Dataset of (image path, sha256, view) -> one tensor per backbone."""

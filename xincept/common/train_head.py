@@ -89,25 +89,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_head(train_feats: list[np.ndarray], y_train: np.ndarray, val_feats: list[np.ndarray], y_val: np.ndarray,
              num_classes: int, cfg: HeadConfig) -> tuple[FusedHead, TrainHistory]:
-    """Train a new head with early stopping on validation loss; the best epoch's weights are kept."""
+    """Train a new head with early stopping; the best epoch's weights are kept.
+
+    The best epoch has the highest validation accuracy, ties broken by lower validation loss: on grouped
+    splits the validation loss of this small head keeps rising (over-confidence) long after accuracy
+    peaks, so selecting on loss alone stops within the first few epochs.
+    """
     head = new_head(train_feats, num_classes, cfg)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = TrainHistory()
-    best, best_state, bad = float("inf"), head.trainable_state(), 0
+    best: tuple[float, float] = (-1.0, float("-inf"))
+    best_state, bad = head.trainable_state(), 0
     yv = torch.as_tensor(y_val, dtype=torch.long)
     for epoch in range(cfg.max_epochs):
         hist.train_loss.append(train_epochs(head, train_feats, y_train, 1, cfg, seed=cfg.seed * 100003 + epoch, optimizer=opt))
         logits = torch.as_tensor(predict_logits(head, val_feats))
         val_loss = float(nn.functional.cross_entropy(logits, yv))
+        val_acc = float((logits.argmax(1) == yv).float().mean())
         hist.val_loss.append(val_loss)
-        hist.val_accuracy.append(float((logits.argmax(1) == yv).float().mean()))
-        if val_loss < best - 1e-4:
-            best, best_state, bad, hist.best_epoch = val_loss, head.trainable_state(), 0, epoch
+        hist.val_accuracy.append(val_acc)
+        if (val_acc, -val_loss) > best:
+            best, best_state, bad, hist.best_epoch = (val_acc, -val_loss), head.trainable_state(), 0, epoch
         else:
             bad += 1
             if bad >= cfg.patience:
                 break
     head.load_state_dict(best_state)
     head.eval()
-    log.debug("head: best epoch %d of %d, val loss %.4f", hist.best_epoch + 1, len(hist.val_loss), best)
+    log.debug("head: best epoch %d of %d, val accuracy %.4f", hist.best_epoch + 1, len(hist.val_loss), best[0])
     return head, hist

@@ -25,7 +25,7 @@ from xincept.common.versions import package_versions
 log = logging.getLogger(__name__)
 
 
-def protocol_for(site: EmbeddedSite, cfg: RunConfig) -> tuple[dict[str, Any], list[Fold], bool]:
+def protocol_for(site: EmbeddedSite, cfg: RunConfig) -> tuple[dict[str, Any], list[Fold]]:
     """The evaluation folds and a description of them, stored next to every number."""
     s = cfg.split
     fixed = manifest_split([r.split for r in site.data.records])
@@ -36,11 +36,11 @@ def protocol_for(site: EmbeddedSite, cfg: RunConfig) -> tuple[dict[str, Any], li
     if fixed is not None and len(fixed["test"]):
         fold = Fold(np.concatenate([fixed["train"], fixed["val"]]), fixed["test"])
         return {"kind": "manifest-holdout", "folds": 1, **base,
-                "description": "held-out test split fixed by the manifest's split column"}, [fold], bool(len(fixed["val"]))
+                "description": "held-out test split fixed by the manifest's split column"}, [fold]
     folds = grouped_kfold(site.y, site.groups, s.folds, s.seed)
     desc = (f"grouped stratified {s.folds}-fold cross-validation (seed {s.seed}; groups: {group_rule}); "
             "metrics pooled over out-of-fold predictions")
-    return {"kind": "grouped-stratified-kfold", "folds": s.folds, **base, "description": desc}, folds, False
+    return {"kind": "grouped-stratified-kfold", "folds": s.folds, **base, "description": desc}, folds
 
 
 def _inner_split(site: EmbeddedSite, train: np.ndarray, cfg: RunConfig, salt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,7 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     """Train and evaluate on pooled data; write ``OUT/model``, ``OUT/metrics.json`` and ``OUT/report.md``."""
     t0 = time.perf_counter()
     site = prepare_site(data, cfg, classes, manifest, show_progress)
-    protocol, folds, _ = protocol_for(site, cfg)
+    protocol, folds = protocol_for(site, cfg)
     t_embed = time.perf_counter() - t0
     cv = cross_validate(site, folds, cfg, compare, show_progress)
     y, idx = site.y, cv["tested"]

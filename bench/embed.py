@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("XINCEPT_NO_PROGRESS", "1")
 
 from xincept.common.backbones import load_backbones  # noqa: E402
-from xincept.common.config import THESIS_BACKBONES, BackboneConfig, RunConfig, SplitConfig  # noqa: E402
+from xincept.common.config import THESIS_BACKBONES, BackboneConfig, RunConfig  # noqa: E402
 from xincept.common.data import scan_site  # noqa: E402
 from xincept.common.embed import embed_records  # noqa: E402
 from xincept.common.numerics import choose_path  # noqa: E402

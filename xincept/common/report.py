@@ -46,9 +46,10 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         f"- Images: {model_meta['data_summary']['n_images']} in {len(classes)} classes ({', '.join(classes)}), "
         f"{model_meta['data_summary']['n_groups']} patient groups.",
         f"- Protocol: {p['description']}",
-        f"- Backbones (frozen): " + ", ".join(f"{b['name']} ({b['weights']})" for b in model_meta["backbones"])
+        "- Backbones (frozen): " + ", ".join(f"{b['name']} ({b['weights']})" for b in model_meta["backbones"])
         + f", input {model_meta['input_size']} px.",
-        f"- Classifier: {metrics.get('classifier', 'fused head + XGBoost')}; the model in the bundle is refitted on all images.",
+        f"- Classifier: {metrics.get('classifier', 'fused head + XGBoost')}"
+        + ("; the model in the bundle is refitted on all images." if metrics.get("folds") else "."),
         "",
         "## Headline results",
         "",

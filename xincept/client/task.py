@@ -83,25 +83,24 @@ def new_head_for(in_dims: list[int], num_classes: int, settings: FedSettings) ->
     return FusedHead(in_dims, num_classes, cfg)
 
 
-def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """E local epochs from the global head; returns the updated head and training metrics."""
-    s = local.settings
-    feats = local.site.feats
-    head = new_head_for([f.shape[1] for f in feats], len(local.classes), s)
-    head.load_state_dict(state)
-    idx = local.split["train"]
-    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name))
-    mu = s.proximal_mu if s.strategy == "fedprox" else 0.0
-    loss = train_epochs(head, select(feats, idx), local.site.y[idx], s.local_epochs, head.cfg, seed=seed, prox_mu=mu)
-    return {k: v.detach().clone() for k, v in head.state_dict().items()}, {"num-examples": int(len(idx)), "train-loss": float(loss)}
-
-
 def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead:
     feats = local.site.feats
     head = new_head_for([f.shape[1] for f in feats], len(local.classes), local.settings)
     head.load_state_dict(state)
     head.eval()
     return head
+
+
+def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """E local epochs from the global head; returns the updated head and training metrics."""
+    s = local.settings
+    feats = local.site.feats
+    head = _head(local, state)
+    idx = local.split["train"]
+    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name))
+    mu = s.proximal_mu if s.strategy == "fedprox" else 0.0
+    loss = train_epochs(head, select(feats, idx), local.site.y[idx], s.local_epochs, head.cfg, seed=seed, prox_mu=mu)
+    return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss)}
 
 
 def split_embeddings(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -188,7 +188,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     in_dims = [len(m) for m, _ in stats]
     head = new_head_for(in_dims, len(classes), settings)
     head.set_standardization(stats)
-    state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    state = head.trainable_state()
     strategy = make_strategy(settings, len(sites))
     rounds: list[dict[str, Any]] = []
     start = 1

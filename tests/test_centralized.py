@@ -123,3 +123,26 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path: Path, monkeypat
     assert res.exit_code == 130 and "rerun" in res.output
     assert not out.exists()
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 48 and not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def _explain_and_check(trained: dict, image: Path, out: Path) -> dict:
+    result = runner.invoke(client_app, ["explain", str(image), "--model", str(trained["out"] / "model"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "explanations.json").read_text())
+    assert rows[0]["class"] in rows[0]["probabilities"] and Path(rows[0]["overlay"]).is_file()
+    from PIL import Image
+
+    assert Image.open(rows[0]["overlay"]).size[0] > 300  # the panels: image, each backbone, fused
+    return rows[0]
+
+
+def test_explain_writes_grad_cam_overlays(trained: dict, tmp_path: Path) -> None:
+    row = _explain_and_check(trained, trained["data"] / "Pre" / "Pre-001.png", tmp_path / "cam")
+    assert row["heatmap_std"]["fused"] > 0.01  # a heatmap that is not constant
+
+
+@pytest.mark.realdata
+def test_grad_cam_on_a_real_blood_smear_is_not_constant(trained: dict, all4: Path, tmp_path: Path) -> None:
+    image = sorted((all4 / "Pro").glob("*.jpg"))[0]
+    row = _explain_and_check(trained, image, tmp_path / "cam")
+    assert all(v > 0.01 for v in row["heatmap_std"].values()), row["heatmap_std"]

@@ -33,36 +33,48 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp / "home")}
 
 
-def test_three_hospitals_train_over_tls(tmp_path: Path) -> None:
+def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_path: Path) -> None:
     from xincept.common.synthetic import write_image_folder
-    from xincept.common.tls import make_certificates
 
-    tls = make_certificates(tmp_path / "tls", ["127.0.0.1", "localhost"])
+    keys = subprocess.run(_cli("xincept-server") + ["keys", "--out", str(tmp_path / "tls"), "--site", "hospital-0", "--site", "hospital-1",
+                                                   "--site", "hospital-2"], env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    tls = {"ca": tmp_path / "tls" / "ca.crt"}
+    from xincept.common.tls import make_node_keys
+
+    intruder_key = make_node_keys(tmp_path / "intruder", ["intruder"])["intruder"]  # a valid key pair, never registered
     cfg = tmp_path / "fed.toml"
     cfg.write_text("group-block = 2\nlocal-epochs = 1\n")
     port = free_port()
     out = tmp_path / "out"
     env = _env(tmp_path)
     server = subprocess.Popen(_cli("xincept-server") + ["start", "--out", str(out), "--tls-dir", str(tmp_path / "tls"), "--min-sites", "3",
-                                                      "--rounds", "2", "--join-timeout", "180", "--port", str(port), "--config", str(cfg), *TINY],
+                                                      "--rounds", "2", "--join-timeout", "180", "--port", str(port), "--config", str(cfg),
+                                                      "--auth-keys", str(tmp_path / "tls" / "nodes"), *TINY],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     clients = []
+    intruder_log = tmp_path / "intruder.log"
     try:
-        for i in range(3):
-            data = write_image_folder(tmp_path / f"hospital{i}", per_class=10, size=64, seed=i)
+        for i, name in enumerate(["hospital-0", "hospital-1", "hospital-2", "intruder"]):
+            data = write_image_folder(tmp_path / f"data{i}", per_class=10, size=64, seed=i)
+            key = intruder_key if name == "intruder" else tmp_path / "tls" / "nodes" / f"{name}.key"
+            sink = intruder_log.open("w") if name == "intruder" else subprocess.DEVNULL
             clients.append(subprocess.Popen(
-                _cli("xincept-client") + ["join", "--site", f"hospital-{i}", "--data", str(data), "--server", f"127.0.0.1:{port}",
-                                          "--root-cert", str(tls["ca"]), "--cache-dir", str(tmp_path / f"cache{i}"),
+                _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
+                                          "--root-cert", str(tls["ca"]), "--auth-key", str(key), "--cache-dir", str(tmp_path / f"cache{i}"),
                                           "--clientapp-port", str(free_port())],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=env, stdout=sink, stderr=subprocess.STDOUT))
         output, _ = server.communicate(timeout=600)
         assert server.returncode == 0, output[-3000:]
     finally:
         for p in [server, *clients]:
             stop_tree(p)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert sorted(metrics["sites"]) == ["hospital-0", "hospital-1", "hospital-2"]
+    assert sorted(metrics["sites"]) == ["hospital-0", "hospital-1", "hospital-2"]  # the intruder never joined
+    refusal = intruder_log.read_text().lower()
+    assert any(word in refusal for word in ("unauthenticated", "not registered", "permission", "denied", "refused")), refusal[-2000:]
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert set(metrics["cross_site"]["hospital-0"]) == {"global", "local-only"}
     assert metrics["communication"]["bytes_per_site_per_round"] <= 1.2e6
     meta = json.loads((out / "model" / "model.json").read_text())
     assert meta["weights"] == "random" and meta["classes"] == ["Benign", "Early", "Pre", "Pro"]

@@ -11,8 +11,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from xincept.client.task import (LocalSite, join_info, load_local_site, local_evaluate, local_train, train_feature_sums,
-                                 xgb_bagging_round, xgb_histogram)
+from xincept.client.audit import audit_mod
+from xincept.client.task import (LocalSite, join_info, load_local_site, local_evaluate, local_only_counts, local_train,
+                                 train_feature_sums, xgb_bagging_round, xgb_histogram)
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 
@@ -55,9 +56,25 @@ def _xgb_tls_dir(cfg, context: Context) -> Path | None:
     return None
 
 
-def make_client_app(partition_dir: Path | None = None) -> ClientApp:
-    """A ClientApp; ``partition_dir`` holds simulated sites' manifests (site-N.csv) in simulation."""
-    app = ClientApp()
+def _ledger(context: Context, local: LocalSite, partition_dir: Path | None) -> Path | None:
+    """This site's privacy ledger: node config privacy-ledger, OUT/partitions/privacy-<site>.json in simulation,
+    or privacy-ledger.json in the site's cache folder (None: the default cache folder)."""
+    nc = context.node_config
+    if nc.get("privacy-ledger"):
+        return Path(str(nc["privacy-ledger"]))
+    if partition_dir is not None and "partition-id" in nc:
+        return partition_dir / f"privacy-{local.name}.json"
+    if nc.get("cache-dir"):
+        return Path(str(nc["cache-dir"])) / "privacy-ledger.json"
+    return None
+
+
+def make_client_app(partition_dir: Path | None = None, extra_mods: list | None = None) -> ClientApp:
+    """A ClientApp; ``partition_dir`` holds simulated sites' manifests (site-N.csv) in simulation.
+
+    The audit mod runs outermost, so it records each reply exactly as it leaves (after ``extra_mods``).
+    """
+    app = ClientApp(mods=[audit_mod, *(extra_mods or [])])
 
     @app.query("join")
     def join(msg: Message, context: Context) -> Message:
@@ -80,7 +97,7 @@ def make_client_app(partition_dir: Path | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         local = _local(msg, context, partition_dir)
         state = msg.content["arrays"].to_torch_state_dict()
-        new_state, metrics = local_train(local, state, int(msg.content["config"]["server-round"]))
+        new_state, metrics = local_train(local, state, int(msg.content["config"]["server-round"]), _ledger(context, local, partition_dir))
         return Message(RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.train("xgb")
@@ -115,6 +132,11 @@ def make_client_app(partition_dir: Path | None = None) -> ClientApp:
         split = str(cfg.get("split", "val"))
         booster = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
         return Message(RecordDict({"metrics": MetricRecord(local_evaluate(local, state, split, booster))}), reply_to=msg)
+
+    @app.train("local")
+    def train_local(msg: Message, context: Context) -> Message:
+        """A model from this site's images alone, scored here; only its counts leave."""
+        return Message(RecordDict({"metrics": MetricRecord(local_only_counts(_local(msg, context, partition_dir)))}), reply_to=msg)
 
     return app
 

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from xincept import __version__
+from xincept.common.config import default_cache_dir
+from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.head import FusedHead, feature_sums
 from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
-from xincept.common.train_head import embed_features, predict_logits, train_epochs
+from xincept.common.site_counts import site_counts
+from xincept.common.train_head import softmax, embed_features, predict_logits, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,16 @@ def join_info(local: LocalSite) -> dict[str, Any]:
 
 
 def train_feature_sums(local: LocalSite) -> list[dict[str, np.ndarray]]:
-    """Per-backbone sums (count, sum, sum of squares) of signed-log features over the training split."""
+    """Per-backbone sums (count, sum, sum of squares) of signed-log features over the training split.
+
+    Sums over very few images would come close to releasing those images' features: below the
+    disclosure threshold (min-cell-count) the site refuses.
+    """
+    n = len(local.split["train"])
+    if n < local.settings.min_cell_count:
+        raise SettingError(f"site {local.name} has only {n} training image(s); feature sums over fewer than "
+                           f"{local.settings.min_cell_count} (min-cell-count) would disclose individual images. Add images "
+                           "or leave this site out")
     return [feature_sums(f) for f in select(local.site.feats, local.split["train"])]
 
 
@@ -91,16 +103,46 @@ def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead:
     return head
 
 
-def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """E local epochs from the global head; returns the updated head and training metrics."""
+def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int,
+                ledger: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """E local epochs from the global head; returns the updated head and training metrics.
+
+    With ``dp-epsilon`` set, the epochs are DP-SGD and ``ledger`` (a file on this site's disk) records the
+    steps spent; the round is refused when it would overspend the site's budget.
+    """
     s = local.settings
     feats = local.site.feats
     head = _head(local, state)
     idx = local.split["train"]
     seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name))
+    if s.dp_epsilon > 0:
+        loss, dp = _dp_round(local, head, idx, seed, server_round, ledger)
+        return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss), **dp}
     mu = s.proximal_mu if s.strategy == "fedprox" else 0.0
     loss = train_epochs(head, select(feats, idx), local.site.y[idx], s.local_epochs, head.cfg, seed=seed, prox_mu=mu)
     return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss)}
+
+
+def _dp_round(local: LocalSite, head: FusedHead, idx: np.ndarray, seed: int, server_round: int,
+              ledger_path: Path | None) -> tuple[float, dict[str, float]]:
+    import hashlib
+
+    from xincept.common.dp import BudgetSpent, PrivacyLedger, dp_train_epochs, make_plan, spent_epsilon
+
+    s = local.settings
+    plan = make_plan(len(idx), head.cfg.batch_size, s.local_epochs, s.rounds * s.dp_trainings, s.dp_epsilon, s.dp_delta,
+                     s.dp_max_grad_norm)
+    ledger = PrivacyLedger(ledger_path or default_cache_dir() / "privacy-ledger.json")
+    key = f"{local.name}:" + hashlib.sha256(json.dumps(s.client_flat(), sort_keys=True).encode()).hexdigest()[:16]
+    before = ledger.steps(key)
+    if spent_epsilon(plan, before + plan.steps_per_round) > s.dp_epsilon * 1.001:
+        raise BudgetSpent(f"site {local.name} refuses round {server_round}: its privacy budget (epsilon {s.dp_epsilon:g}, delta "
+                          f"{s.dp_delta:g}) is spent ({spent_epsilon(plan, before):.3f} used; ledger {ledger.path}). A new budget "
+                          "needs a decision by the site's data protection officer, not a restart")
+    loss, steps = dp_train_epochs(head, select(local.site.feats, idx), local.site.y[idx], s.local_epochs, head.cfg, plan, seed)
+    total = ledger.add(key, steps, plan, server_round)
+    return loss, {"dp-epsilon": spent_epsilon(plan, total), "dp-delta": s.dp_delta, "dp-noise_multiplier": plan.noise_multiplier,
+                  "dp-max_grad_norm": plan.max_grad_norm, "dp-steps": float(total)}
 
 
 def split_embeddings(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -129,33 +171,44 @@ def xgb_bagging_round(local: LocalSite, state: dict[str, torch.Tensor], global_r
     return boost_from(global_raw, x_tr, y_tr, len(local.classes), local.settings.xgb_config(), rounds=1)
 
 
-def local_evaluate(local: LocalSite, state: dict[str, torch.Tensor], split: str, booster_raw: bytes | None = None) -> dict[str, Any]:
-    """Aggregate counts on one split: number of images, summed loss, confusion matrix (flattened).
-
-    With ``booster_raw`` the XGBoost booster on the head's embeddings is scored, otherwise the head's softmax.
-    """
-    feats = local.site.feats
+def local_proba(local: LocalSite, state: dict[str, torch.Tensor], split: str, booster_raw: bytes | None = None) -> np.ndarray:
+    """Class probabilities of one split: the XGBoost booster on the head's embeddings, or the head's softmax."""
     head = _head(local, state)
-    idx = local.split[split]
-    k = len(local.classes)
-    if len(idx) == 0:
-        return {"num-examples": 0, "loss-sum": 0.0, "confusion": [0] * (k * k)}
+    feats = select(local.site.feats, local.split[split])
     if booster_raw:
         from xincept.common.classifiers import xgb_predict_proba
         from xincept.common.xgb_federated import booster_from_raw
 
-        proba = xgb_predict_proba(booster_from_raw(booster_raw), embed_features(head, select(feats, idx)))
-        logits = torch.log(torch.as_tensor(proba, dtype=torch.float32).clamp_min(1e-7))
-    else:
-        logits = torch.as_tensor(predict_logits(head, select(feats, idx)))
-    y = torch.as_tensor(local.site.y[idx])
-    loss = float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y.numpy(), logits.argmax(1).numpy()), 1)
-    out = {"num-examples": int(len(idx)), "loss-sum": loss, "confusion": cm.reshape(-1).tolist()}
-    from xincept.common.metrics import auc_ovr
+        return xgb_predict_proba(booster_from_raw(booster_raw), embed_features(head, feats))
+    return softmax(predict_logits(head, feats))
 
-    auc = auc_ovr(y.numpy(), torch.softmax(logits, 1).numpy(), k)
-    if auc is not None:
-        out["auc-ovr"] = auc  # computed at the site: a single number leaves it
-    return out
+
+def local_evaluate(local: LocalSite, state: dict[str, torch.Tensor], split: str, booster_raw: bytes | None = None) -> dict[str, Any]:
+    """Aggregate counts on one split under the site's disclosure policy (see xincept.common.site_counts)."""
+    k = len(local.classes)
+    idx = local.split[split]
+    proba = local_proba(local, state, split, booster_raw) if len(idx) else np.zeros((0, k))
+    return site_counts(local.site.y[idx], proba, k, local.settings.disclosure_policy())
+
+
+def local_only_counts(local: LocalSite) -> dict[str, Any]:
+    """Train a model on this site's data alone and score it on this site's test split (the value of joining).
+
+    The local model never leaves the site; only its aggregate counts do, under the disclosure policy.
+    """
+    from dataclasses import replace
+
+    from xincept.common.config import HeadConfig
+    from xincept.common.model import fit_model
+
+    s = local.settings
+    cfg = s.run_config()
+    cfg = replace(cfg, head=replace(cfg.head, lr=HeadConfig().lr))  # the centralized recipe, on one site's images
+    site = local.site
+    model = fit_model(site.feats, None, site.y, local.split["train"], local.split["val"], list(local.classes), cfg)
+    if s.xgb_mode == "none":
+        model.booster = None
+    idx = local.split["test"]
+    k = len(local.classes)
+    proba = model.predict_proba(select(site.feats, idx)) if len(idx) else np.zeros((0, k))
+    return site_counts(site.y[idx], proba, k, s.disclosure_policy())

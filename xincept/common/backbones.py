@@ -192,3 +192,26 @@ def stage_weights(names: tuple[str, ...], out: Path) -> dict[str, str]:
         sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     write_text_atomic(out / "SHA256SUMS.txt", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
     return sums
+
+
+def verify_staged_weights(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """Check a staged weights folder against its SHA256SUMS.txt; returns {file: sha256} or raises WeightsError."""
+    folder = Path(folder)
+    sums_file = folder / "SHA256SUMS.txt"
+    if not sums_file.is_file():
+        raise WeightsError(f"{sums_file} is missing: stage the weights with `xincept-client stage-weights --out {folder}`")
+    listed = dict(reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines() if line.strip())
+    listed = {name.strip(): digest for name, digest in listed.items()}
+    problems, found = [], {}
+    for name in names:
+        path = staged_weights_file(folder, name)
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if listed.get(path.name) != digest:
+            problems.append(f"{path.name} does not match SHA256SUMS.txt (damaged or replaced; copy the staged folder again)")
+        found[path.name] = digest
+    if problems:
+        raise WeightsError(f"weights in {folder}: " + "; ".join(problems))
+    return found

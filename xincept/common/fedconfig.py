@@ -8,9 +8,10 @@ from typing import Any
 
 from xincept.common.config import (THESIS_BACKBONES, AugmentConfig, BackboneConfig, HeadConfig, RunConfig,
                                    SplitConfig, XGBConfig, default_cache_dir)
+from xincept.common.disclosure import DisclosurePolicy
 from xincept.common.errors import SettingError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed-mean", "krum")
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,14 @@ class FedSettings:
     proximal_mu: float = 0.01
     server_lr: float = 0.05
     min_sites: int = 2
+    max_update_norm: float = 0.0  # updates farther than this from the global head are rejected (0: no bound)
+    max_norm_ratio: float = 10.0  # ... or farther than this many times the round's median distance (3+ sites)
+    trim_beta: float = 0.2  # trimmed-mean: fraction cut at each end
+    krum_malicious: int = 0  # krum: sites assumed malicious
     join_timeout: float = 300.0
     round_timeout: float = 3600.0
     resume: bool = False
+    select_round: str = "best-val"  # best-val: the round with the best aggregated validation accuracy | last
     stop_after_round: int = 0  # testing aid: stop (as if killed) after this round
     backbones: str = ",".join(THESIS_BACKBONES)
     input_size: int = 224
@@ -53,6 +59,15 @@ class FedSettings:
     xgb_tls_dir: str = ""  # server side: ca.crt, server.pem, server.key for the tracker ("" and not insecure: generated)
     public_host: str = "127.0.0.1"  # where sites reach the XGBoost tracker
     insecure: bool = False
+    disclosure: str = "suppress"  # what validation counts may leave a site: suppress | laplace | none
+    min_cell_count: int = 5
+    disclosure_epsilon: float = 1.0
+    dp_epsilon: float = 0.0  # DP-SGD target epsilon per site for the whole run (0: off)
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    dp_trainings: int = 1  # trainings that share each site's budget (set by the server: 1 + leave-one-site-out runs)
+    loso: bool = False  # leave-one-site-out models in the validate phase (simulate turns it on)
+    local_only: bool = True  # each site's local-only model, scored at that site only
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -61,8 +76,14 @@ class FedSettings:
             raise SettingError("rounds and local-epochs must be at least 1")
         if self.min_sites < 1:
             raise SettingError("min-sites must be at least 1")
+        self.disclosure_policy()  # validates the disclosure settings
+        if self.select_round not in ("best-val", "last"):
+            raise SettingError(f"select-round={self.select_round!r}: choose best-val or last")
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
+
+    def disclosure_policy(self) -> "DisclosurePolicy":
+        return DisclosurePolicy(self.disclosure, self.min_cell_count, self.disclosure_epsilon)
 
     def to_flat(self) -> dict[str, Any]:
         """Flat keys with dashes, as in Flower's run config."""
@@ -72,7 +93,8 @@ class FedSettings:
         """The part every site needs (no server paths)."""
         keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction",
                 "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
-                "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout")
+                "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout",
+                "disclosure", "min_cell_count", "disclosure_epsilon", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_trainings", "rounds")
         return {k.replace("_", "-"): getattr(self, k) for k in keep}
 
     @classmethod

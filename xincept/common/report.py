@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -30,7 +31,73 @@ def per_class_table(per_class: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any]) -> str:
+def cross_site_table(cross: dict[str, dict[str, Any]]) -> str:
+    models = [k for k in ("global", "leave-one-site-out", "local-only") if any(k in v for v in cross.values())]
+    lines = ["| site (data) | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for site, row in sorted(cross.items()):
+        cells = [f"{_pct(row[k]['accuracy'])} (n={row[k]['n']})" if k in row else "n/a" for k in models]
+        lines.append(f"| {site} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def federation_sections(metrics: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if metrics.get("cross_site"):
+        out += ["## Generalisation across hospitals", "",
+                "Accuracy on each site's held-out test split: the global model; the model trained without that site "
+                "(leave-one-site-out, how the federation would serve a new hospital); and a model trained on that site's "
+                "images alone (local-only: the value of joining). Local models never leave their site.", "",
+                cross_site_table(metrics["cross_site"]), ""]
+    if metrics.get("disclosure"):
+        d = metrics["disclosure"]
+        out += ["## What left each site", "",
+                f"- Validation counts: {d['description']}; {d['withheld_cells']} cell(s) of the pooled test matrices were withheld "
+                "and count as 0 in per-class figures (accuracy uses the exact totals).",
+                "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
+                "feature, embedding, per-image label or prediction, or file name.", ""]
+    if metrics.get("privacy"):
+        out += ["## Differential privacy (DP-SGD at each site, unit: one image)", "",
+                "| site | epsilon spent | delta | noise multiplier | clipping norm |", "|---|---|---|---|---|"]
+        for site, p in sorted(metrics["privacy"].items()):
+            out.append(f"| {site} | {p['epsilon']:.3f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['max_grad_norm']:g} |")
+        out.append("")
+    if metrics.get("rejected_updates"):
+        out += ["## Rejected updates", ""] + [f"- {s}: {'; '.join(r)}" for s, r in sorted(metrics["rejected_updates"].items())] + [""]
+    return out
+
+
+def plots_section(plots: dict[str, str]) -> list[str]:
+    out = ["## Plots", ""] if plots else []
+    for caption, name in plots.items():
+        out += [f"### {caption}", "", f"![{caption}](plots/{name})", ""]
+    return out
+
+
+def render_html(markdown_text: str, folder: Path, title: str) -> str:
+    """A self-contained HTML page: the report's Markdown with its PNG plots embedded."""
+    import base64
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def embed(match: re.Match) -> str:
+        path = folder / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="(plots/[^"]+\.png)"', embed, body)
+    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}"
+             "th{background:#f0f0f0}blockquote{border-left:4px solid #c00;margin:1em 0;padding:.2em 1em;background:#fff4f4}"
+             "img{max-width:100%;border:1px solid #ddd}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
+
+
+def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     """Markdown report from ``metrics.json`` content and ``model.json`` content."""
     g, p = metrics["global"], metrics["protocol"]
     classes = model_meta["classes"]
@@ -57,7 +124,7 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         f"- Balanced accuracy: {_pct(g['balanced_accuracy'])}{_ci(ci, 'balanced_accuracy')}",
         f"- Macro F1: {_pct(g['macro_f1'])}{_ci(ci, 'macro_f1')}",
         f"- ROC-AUC (one-vs-rest, macro): {_pct(g['auc_ovr'])}{_ci(ci, 'auc_ovr')}",
-        f"- Cohen's kappa: {g['kappa']:.3f}" + (f"; expected calibration error: {g['ece']:.3f}" if "ece" in g else ""),
+        f"- Cohen's kappa: {g['kappa']:.3f}" + (f"; expected calibration error: {g['ece']:.3f}" if g.get("ece") is not None else ""),
         "",
         "Sensitivity is the share of a class's images that the model recognised; specificity the share "
         "of other images it correctly did not assign to that class.",
@@ -86,6 +153,8 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         for name, m in metrics["comparison"].items():
             out.append(f"| {name} | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['auc_ovr'])} |")
         out.append("")
+    out += federation_sections(metrics)
+    out += plots_section(plots or {})
     out += [
         "## Limits",
         "",
@@ -96,3 +165,14 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
     ]
     return "\n".join(out)
+
+
+def write_reports(out: Path, title: str, metrics: dict[str, Any], model_meta: dict[str, Any]) -> None:
+    """OUT/plots/*.png, OUT/report.md and the self-contained OUT/report.html (each written atomically)."""
+    from xincept.common.atomic import write_text_atomic
+    from xincept.common.plots import make_plots
+
+    plots = make_plots(metrics, list(model_meta["classes"]), out / "plots")
+    text = render_report(title, metrics, model_meta, plots)
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "report.html", render_html(text, out, title))

@@ -83,3 +83,27 @@ def tls_files(tls_dir: Path) -> dict[str, Path]:
         raise SettingError(f"--tls-dir {tls_dir} lacks {missing}: create them with `xincept-server keys --out {tls_dir}` "
                            "or pass your organisation's certificates with these names")
     return files
+
+
+def make_node_keys(folder: Path, names: list[str]) -> dict[str, Path]:
+    """One ECDSA (P-384) key pair per SuperNode in OpenSSH format: NAME.key (private) and NAME.key.pub.
+
+    The server registers the public keys (``xincept-server start --auth-keys FOLDER``); only those nodes
+    may connect. Each private key stays at its site.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in names:
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        path = folder / f"{name}.key"
+        path.write_bytes(private)
+        path.chmod(0o600)
+        Path(f"{path}.pub").write_bytes(public + f" {name}\n".encode())
+        out[name] = path
+    return out

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from xincept import __version__
-from xincept.common.atomic import write_json_atomic, write_text_atomic
+from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.classifiers import predict_proba_full, sklearn_zoo
 from xincept.common.config import RunConfig
 from xincept.common.metrics import bootstrap_ci, classification_metrics, summarize_folds
 from xincept.common.model import fit_model, select
 from xincept.common.progress import track
-from xincept.common.report import render_report
+from xincept.common.report import write_reports
 from xincept.common.site import EmbeddedSite, embedding_path, prepare_site, weights_meta
 from xincept.common.splits import Fold, grouped_holdout, grouped_kfold, manifest_split
 from xincept.common.versions import package_versions
@@ -126,9 +126,8 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
         "config": cfg.to_dict(),
     }
     out = Path(out)
-    report = render_report("XIncept-ALL centralized baseline", metrics, meta)
     write_bundle(out / "model", final, meta)
     write_json_atomic(out / "metrics.json", metrics)
-    write_text_atomic(out / "report.md", report)
+    write_reports(out, "XIncept-ALL centralized baseline", metrics, meta)
     log.info("accuracy %.3f (95%% CI %.3f-%.3f), %s", glob["accuracy"], *glob["ci95"]["accuracy"], protocol["kind"])
     return metrics

@@ -20,6 +20,7 @@ class Checkpoint:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     strategy_state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # e.g. FedAdam m_t, v_t
     context: dict[str, Any] = field(default_factory=dict)  # join and embed results, settings
+    best_state: dict[str, torch.Tensor] | None = None  # the round with the best aggregated validation accuracy
 
 
 def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
@@ -28,6 +29,8 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
 
     with atomic_dir(Path(folder)) as tmp:
         save_file({k: v.contiguous() for k, v in ckpt.head_state.items()}, str(tmp / "head.safetensors"))
+        if ckpt.best_state is not None:
+            save_file({k: v.contiguous() for k, v in ckpt.best_state.items()}, str(tmp / "best.safetensors"))
         flat = {f"{name}/{k}": v for name, d in ckpt.strategy_state.items() for k, v in d.items()}
         np.savez(tmp / "strategy.npz", **flat)
         write_json_atomic(tmp / "state.json", {"completed_round": ckpt.completed_round, "rounds": ckpt.rounds, "context": ckpt.context})
@@ -45,5 +48,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         for key in npz.files:
             name, _, k = key.partition("/")
             strategy.setdefault(name, {})[k] = npz[key]
+    best = folder / "best.safetensors"
     return Checkpoint(completed_round=state["completed_round"], head_state=load_file(str(folder / "head.safetensors")),
-                      rounds=state["rounds"], strategy_state=strategy, context=state["context"])
+                      rounds=state["rounds"], strategy_state=strategy, context=state["context"],
+                      best_state=load_file(str(best)) if best.is_file() else None)

@@ -14,12 +14,19 @@ from xincept.common.cli import friendly_errors, setup_logging
 def keys(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for ca.crt, server.pem, server.key.")],
     host: Annotated[list[str], typer.Option("--host", help="Server host name or IP the certificate is valid for (repeatable).")] = ["127.0.0.1", "localhost"],  # noqa: B006
+    site: Annotated[list[str], typer.Option("--site", help="Create a SuperNode key pair for this site in OUT/nodes (repeatable).")] = [],  # noqa: B006
+    nodes_only: Annotated[bool, typer.Option("--nodes-only", help="Only create node keys (keep the existing CA and server certificate).")] = False,
 ) -> None:
-    """Create TLS certificates for a pilot federation (use your organisation's PKI in production)."""
+    """Create the CA, the server certificate and SuperNode keys for a pilot federation (or use your organisation's PKI)."""
     setup_logging()
-    from xincept.common.tls import make_certificates
+    from xincept.common.tls import make_certificates, make_node_keys
 
-    files = make_certificates(out, list(host))
-    for name, path in files.items():
-        typer.echo(f"{name}: {path}")
-    typer.echo(f"give each site {files['ca']} (--root-cert); keep {files['ca_key']} and {files['key']} private")
+    if not nodes_only:
+        files = make_certificates(out, list(host))
+        for name, path in files.items():
+            typer.echo(f"{name}: {path}")
+        typer.echo(f"give each site {files['ca']} (--root-cert); keep {files['ca_key']} and {files['key']} private")
+    if site:
+        for name, path in make_node_keys(out / "nodes", list(site)).items():
+            typer.echo(f"node key {name}: {path} (private: to that site only) and {path}.pub (registered at the server)")
+        typer.echo(f"start the server with --auth-keys {out / 'nodes'}: only these nodes may join")

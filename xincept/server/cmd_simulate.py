@@ -13,9 +13,13 @@ from xincept.common.config import THESIS_BACKBONES
 
 RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head.")]
 EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round at each site.")]
-StrategyOpt = Annotated[str, typer.Option("--strategy", help="fedavg, fedprox or fedadam.")]
+StrategyOpt = Annotated[str, typer.Option("--strategy", help="fedavg, fedprox, fedadam, or a robust rule: trimmed-mean, krum.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
 XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
+DisclosureOpt = Annotated[str, typer.Option("--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
+MinCellOpt = Annotated[int, typer.Option("--min-cell-count", help="Smallest count a site releases (suppress policy).")]
+DpEpsilonOpt = Annotated[float, typer.Option("--dp-epsilon", help="DP-SGD at every site (Opacus): target epsilon per site for the whole run; 0 = off.")]
+DpDeltaOpt = Annotated[float, typer.Option("--dp-delta", help="DP delta per site (default: 1e-5).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file of federation settings (keys as in FedSettings, dashes or underscores).")]
 
 
@@ -38,6 +42,11 @@ def simulate(
     group_block: GroupBlockOpt = 25,
     precision: PrecisionOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
+    loso: Annotated[bool, typer.Option("--loso/--no-loso", help="Leave-one-site-out models in the validate phase.")] = True,
+    disclosure: DisclosureOpt = "suppress",
+    min_cell_count: MinCellOpt = 5,
+    dp_epsilon: DpEpsilonOpt = 0.0,
+    dp_delta: DpDeltaOpt = 1e-5,
     resume: ResumeOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -49,7 +58,8 @@ def simulate(
 
     values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, pretrained=not no_pretrained,
                   backbones=backbones, input_size=input_size, group_block=group_block, precision=precision, seed=seed,
-                  resume=resume, min_sites=sites, xgb_mode=xgb_mode)
+                  resume=resume, min_sites=sites, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure, min_cell_count=min_cell_count,
+                  dp_epsilon=dp_epsilon, dp_delta=dp_delta)
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
         values.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False, rounds=min(rounds, 10))
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})

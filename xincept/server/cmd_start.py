@@ -22,7 +22,7 @@ def start(
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,
     tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="Folder with ca.crt, server.pem, server.key (see `xincept-server keys`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (testing only).")] = False,
-    auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="CSV of registered SuperNode public keys: only those nodes may join.")] = None,
+    auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="Folder of registered SuperNode public keys (*.pub, from `xincept-server keys --site`): only those nodes may join.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for all interfaces).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="SuperLink port (Fleet and Control APIs).")] = 9092,
     public_host: Annotated[str | None, typer.Option("--public-host", help="Name or IP sites use to reach this server (for XGBoost's tracker; default: --host).")] = None,

@@ -1,4 +1,4 @@
-"""The federated run, phase by phase: join -> embed -> head rounds -> validate -> bundle.
+"""The federated run, phase by phase: join -> embed -> head rounds -> xgb -> validate -> bundle.
 
 Runs inside a Flower ServerApp (deployment or simulation). Only head weights, feature sums
 and aggregate counts cross the network.
@@ -9,29 +9,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from xincept import __version__
 from xincept.client.task import new_head_for
-from xincept.common.atomic import write_json_atomic, write_text_atomic
+from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.head import add_sums, sums_to_mean_std
-from xincept.common.metrics import metrics_from_confusion, wilson_interval
+from xincept.common.metrics import wilson_interval
 from xincept.common.model import XinceptModel
-from xincept.common.report import render_report
+from xincept.common.report import write_reports
 from xincept.common.versions import package_versions
-from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.common.xgb_federated import booster_from_raw
-from xincept.server.strategies import make_strategy, restore_strategy_state, strategy_state
+from xincept.server.checkpoint import load_checkpoint
+from xincept.server.head_rounds import HeadResult, StoppedAfterRound, run_head_rounds, state_bytes  # noqa: F401
+from xincept.server.validate import local_only, score_at_sites, summary
 from xincept.server.xgb_phase import run_xgb_phase
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 
 class FederationError(XinceptError):
     """The federation cannot go on (a site missing, mismatched or failing)."""
-
-
-class StoppedAfterRound(Exception):
-    """Raised by ``stop_after_round`` to imitate a crash in tests."""
 
 
 @dataclass
@@ -115,31 +111,30 @@ def _config(settings: FedSettings, classes: list[str] | None, **extra: Any) -> C
     return ConfigRecord(flat)
 
 
-def state_bytes(state: dict[str, torch.Tensor]) -> int:
-    return int(sum(v.numel() * v.element_size() for v in state.values()))
+def train_global_model(grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
+                       site_sums: dict[int, dict[int, dict[str, np.ndarray]]], config: Any, n_train: dict[str, int],
+                       ckpt_dir: Path, label: str, stop_after_round: int = 0) -> tuple[HeadResult, bytes | None, dict[str, Any]]:
+    """Head rounds and the xgb phase among ``nodes``; input standardisation from their summed statistics."""
+    branches = sorted(next(iter(site_sums.values())))
+    stats = [sums_to_mean_std(add_sums([site_sums[n][b] for n in nodes])) for b in branches]
+    result = run_head_rounds(ask, grid, nodes, settings, classes, stats, config, ckpt_dir, label, stop_after_round)
+    booster_raw, xgb_info = None, {"mode": "none"}
+    if settings.xgb_mode != "none":
+        booster_raw, xgb_info = run_xgb_phase(ask, grid, nodes, settings, result.state, config,
+                                              {nodes[n]: n_train[nodes[n]] for n in nodes})
+    return result, booster_raw, xgb_info
 
 
-def _site_eval(replies: dict[int, Message], nodes: dict[int, str], classes: list[str]) -> tuple[dict, dict]:
-    """Per-site metrics and the pooled global metrics, from aggregate counts only."""
-    k = len(classes)
-    per_site, total = {}, np.zeros((k, k), dtype=np.int64)
-    loss_sum, n_sum, aucs = 0.0, 0, []
-    for node, msg in replies.items():
-        m = msg.content["metrics"]
-        cm = np.asarray(m["confusion"], dtype=np.int64).reshape(k, k)
-        total += cm
-        site_metrics = metrics_from_confusion(cm, classes)
-        n = int(m["num-examples"])
-        site_metrics["loss"] = float(m["loss-sum"]) / max(n, 1)
-        site_metrics["auc_ovr"] = float(m["auc-ovr"]) if "auc-ovr" in m else None
-        if site_metrics["auc_ovr"] is not None:
-            aucs.append((site_metrics["auc_ovr"], n))
-        per_site[nodes[node]] = site_metrics
-        loss_sum, n_sum = loss_sum + float(m["loss-sum"]), n_sum + n
-    glob = metrics_from_confusion(total, classes)
-    glob["loss"] = loss_sum / max(n_sum, 1)
-    glob["auc_ovr"] = float(sum(a * n for a, n in aucs) / sum(n for _, n in aucs)) if aucs else None
-    return dict(sorted(per_site.items())), glob
+def privacy_by_site(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each site's DP-SGD budget as last reported (the accountant's spent epsilon), unit: one image."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        for site, p in r.get("privacy", {}).items():
+            if site in out and out[site]["steps"] >= int(p.get("steps", 0)):
+                continue  # the ledger only grows: the entry with most steps is the latest
+            out[site] = {"epsilon": p["epsilon"], "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
+                         "max_grad_norm": p["max_grad_norm"], "unit": "image", "steps": int(p.get("steps", 0))}
+    return dict(sorted(out.items()))
 
 
 def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None = None) -> dict[str, Any]:
@@ -150,6 +145,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     ckpt = load_checkpoint(ckpt_dir) if settings.resume else None
     if settings.resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s, starting from round 1", ckpt_dir)
+    elif ckpt is not None and ckpt.completed_round >= settings.rounds:
+        log.info("--resume: the head rounds are complete; going on with the later phases")
 
     # -- join ---------------------------------------------------------------------------------
     node_ids = wait_for_sites(grid, settings.min_sites, settings.join_timeout)
@@ -172,78 +169,49 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     t_embed = time.perf_counter()
     replies = ask(grid, nodes, "query.embed", RecordDict({"config": _config(settings, classes)}), settings.round_timeout)
     embed_stats = {nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
-    sums_by_branch: dict[int, list[dict[str, np.ndarray]]] = {}
-    for m in replies.values():  # keys "<branch>.<n|sum|sumsq>"
-        per_branch: dict[int, dict[str, np.ndarray]] = {}
+    site_sums: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+    for n, m in replies.items():  # keys "<branch>.<n|sum|sumsq>"
         for key, arr in m.content["sums"].items():
             branch, _, stat = key.partition(".")
-            per_branch.setdefault(int(branch), {})[stat] = arr.numpy()
-        for b, sums in per_branch.items():
-            sums_by_branch.setdefault(b, []).append(sums)
-    stats = [sums_to_mean_std(add_sums(sums_by_branch[b])) for b in sorted(sums_by_branch)]
+            site_sums.setdefault(n, {}).setdefault(int(branch), {})[stat] = arr.numpy()
     t_embed = time.perf_counter() - t_embed
     log.info("embed: %s", {s: int(v["embedded-now"]) for s, v in embed_stats.items()})
 
-    # -- head rounds --------------------------------------------------------------------------
-    in_dims = [len(m) for m, _ in stats]
-    head = new_head_for(in_dims, len(classes), settings)
-    head.set_standardization(stats)
-    state = head.trainable_state()
-    strategy = make_strategy(settings, len(sites))
-    rounds: list[dict[str, Any]] = []
-    start = 1
-    if ckpt is not None:
-        state, rounds, start = ckpt.head_state, ckpt.rounds, ckpt.completed_round + 1
-        restore_strategy_state(strategy, ckpt.strategy_state)
-        log.info("resuming after round %d from %s", ckpt.completed_round, ckpt_dir)
-    nbytes = state_bytes(state)
-    t_rounds = time.perf_counter()
-    for r in range(start, settings.rounds + 1):
-        tr = time.perf_counter()
-        arrays = ArrayRecord(state)
-        if hasattr(strategy, "current_arrays"):  # FedOpt family: the arrays the deltas are taken against
-            strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
-        train_replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": _config(settings, classes, **{"server-round": r})}),
-                            settings.round_timeout)
-        agg, _ = strategy.aggregate_train(r, list(train_replies.values()))
-        if agg is None:
-            raise FederationError(f"round {r}: no update could be aggregated")
-        state = agg.to_torch_state_dict()
-        val_replies = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": _config(settings, classes, split="val")}),
-                          settings.round_timeout)
-        per_site, glob = _site_eval(val_replies, nodes, classes)
-        rounds.append({
-            "round": r,
-            "seconds": round(time.perf_counter() - tr, 3),
-            "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in train_replies.items()},
-            "val": {"global": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "n")},
-                    "sites": {s: {k: v[k] for k in ("accuracy", "loss", "n")} for s, v in per_site.items()}},
-        })
-        log.info("round %d/%d: val accuracy %.3f, loss %.4f", r, settings.rounds, glob["accuracy"], glob["loss"])
-        save_checkpoint(ckpt_dir, Checkpoint(r, state, rounds, strategy_state(strategy), {"classes": classes}))
-        if settings.stop_after_round == r:
-            raise StoppedAfterRound(f"stopped after round {r} (stop-after-round)")
-    t_rounds = time.perf_counter() - t_rounds
+    if settings.dp_epsilon > 0:  # every training a site takes part in spends from the same budget
+        settings = replace(settings, dp_trainings=1 + (len(nodes) - 1 if settings.loso and len(nodes) >= 2 else 0))
+        log.info("DP-SGD: each site's budget epsilon %g covers %d training(s)", settings.dp_epsilon, settings.dp_trainings)
 
-    # -- xgb ----------------------------------------------------------------------------------
-    booster_raw, xgb_info = None, {"mode": "none"}
-    if settings.xgb_mode != "none":
-        n_train = {s.name: int(s.info["n-train"]) for s in sites}
-        booster_raw, xgb_info = run_xgb_phase(ask, grid, nodes, settings, state,
-                                              lambda **kw: _config(settings, classes, **kw), n_train)
+    # -- head rounds and xgb --------------------------------------------------------------------
+    config = lambda **kw: _config(settings, classes, **kw)  # noqa: E731
+    n_train = {s.name: int(s.info["n-train"]) for s in sites}
+    result, booster_raw, xgb_info = train_global_model(grid, nodes, settings, classes, site_sums, config, n_train,
+                                                       ckpt_dir, "global", settings.stop_after_round)
+    state, rounds, selected_round, t_rounds = result.state, result.rounds, result.selected_round, result.seconds
+    nbytes = state_bytes(state)
 
     # -- validate -----------------------------------------------------------------------------
-    def evaluate_test(booster: bytes | None) -> tuple[dict, dict]:
-        extra = {"split": "test", **({"booster": booster} if booster else {})}
-        replies = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": _config(settings, classes, **extra)}),
-                      settings.round_timeout)
-        return _site_eval(replies, nodes, classes)
-
-    head_sites, head_glob = evaluate_test(None)
-    per_site, glob = evaluate_test(booster_raw) if booster_raw else (head_sites, head_glob)
-    correct = int(np.trace(np.asarray(glob["confusion"])))
+    t_val = time.perf_counter()
+    head_sites, head_glob = score_at_sites(ask, grid, nodes, settings, classes, state, None, config)
+    per_site, glob = score_at_sites(ask, grid, nodes, settings, classes, state, booster_raw, config) if booster_raw else (head_sites, head_glob)
+    cross_site: dict[str, dict[str, Any]] = {name: {"global": summary(per_site[name])} for name in sorted(names)}
+    if settings.local_only:
+        for name, m in local_only(ask, grid, nodes, settings, classes, config).items():
+            cross_site[name]["local-only"] = summary(m)
+    loso_rounds: list[dict[str, Any]] = []
+    if settings.loso and len(nodes) >= 2:
+        for node, name in sorted(nodes.items(), key=lambda x: x[1]):
+            others = {n: s for n, s in nodes.items() if n != node}
+            res, boost, _ = train_global_model(grid, others, settings, classes, site_sums, config, n_train,
+                                               out / "checkpoint-loso" / name, f"without {name}")
+            held, _ = score_at_sites(ask, grid, {node: name}, settings, classes, res.state, boost, config)
+            cross_site[name]["leave-one-site-out"] = summary(held[name])
+            loso_rounds += res.rounds
+    t_val = time.perf_counter() - t_val
+    correct = int(round(glob["accuracy"] * glob["n"]))  # released exactly, whatever cells were withheld
     glob["ci95"] = {"accuracy": wilson_interval(correct, glob["n"])}
+    head = new_head_for([len(v["sum"]) for _, v in sorted(next(iter(site_sums.values())).items())], len(classes), settings)
     head.load_state_dict(state)
+    privacy = privacy_by_site(rounds + loso_rounds)
     weights = "random" if any(s.info.get("weights") == "random" for s in sites) else "pretrained"
     protocol = {
         "kind": "federated-site-holdout",
@@ -257,19 +225,27 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     metrics = {
         "protocol": protocol,
         "weights": weights,
-        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x {settings.local_epochs} local epochs)"
+        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x {settings.local_epochs} local epochs, "
+                        f"round {selected_round} selected by {settings.select_round})"
                        + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")),
         "global": glob,
         "head_softmax": {"global": {k: head_glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "n")},
                          "sites": {s: {"accuracy": v["accuracy"], "n": v["n"]} for s, v in head_sites.items()}},
         "xgb": xgb_info,
+        "selected_round": selected_round,
         "sites": per_site,
+        "cross_site": cross_site,
+        "disclosure": {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
+                       "withheld_cells": int(glob.get("withheld_cells", 0))},
+        "rejected_updates": result.rejected,
+        **({"privacy": privacy} if privacy else {}),
         "rounds": rounds,
         "communication": {"bytes_per_site_per_round": nbytes, "bytes_per_site_per_round_both_ways": 2 * nbytes,
                           "full_model_bytes": nbytes + int(sites[0].info.get("backbone_bytes", 0)),
                           "rounds": settings.rounds, "bytes_per_site_per_run": 2 * nbytes * settings.rounds},
         "embedding": embed_stats,
         "timing_s": {"embed": round(t_embed, 2), "head_rounds": round(t_rounds, 2), "xgb": xgb_info.get("seconds", 0.0),
+                     "validate": round(t_val, 2),
                      "total": round(time.perf_counter() - t0, 2)},
         "settings": settings.to_flat(),
     }
@@ -285,13 +261,13 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
                          "n_groups": int(sum(int(s.info["n-groups"]) for s in sites)),
                          "sites": {s.name: list(np.atleast_1d(s.info["counts"])) for s in sites}, "synthetic": settings.synthetic},
         "protocol": protocol,
+        **({"privacy": privacy} if privacy else {}),
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
     model = XinceptModel(head=head, booster=booster_from_raw(booster_raw) if booster_raw else None, classes=classes,
                          xgb_features="embedding")
-    report = render_report("XIncept-ALL federated training", metrics, meta)
     write_bundle(out / "model", model, meta)
     write_json_atomic(out / "metrics.json", metrics)
-    write_text_atomic(out / "report.md", report)
+    write_reports(out, "XIncept-ALL federated training", metrics, meta)
     log.info("federated test accuracy %.3f over %d images at %d sites", glob["accuracy"], glob["n"], len(sites))
     return metrics

@@ -51,7 +51,7 @@ def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: 
 
 def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, settings: FedSettings, demo: bool = False,
                              cache_dir: Path | None = None, weights_dir: Path | None = None,
-                             reference: bool = True) -> dict[str, Any]:
+                             reference: bool = True, client_mods: list | None = None) -> dict[str, Any]:
     """Partition, simulate every site with Flower's simulation engine, and add a centralized reference."""
     from flwr.simulation import run_simulation
 
@@ -77,7 +77,7 @@ def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, setti
     settings = replace(settings, min_sites=n_sites)
     errors: list[BaseException] = []
     server_app = make_server_app(settings, classes=classes, errors=errors)
-    client_app = make_client_app(part_dir)
+    client_app = make_client_app(part_dir, client_mods)
     cpus = os.cpu_count() or 1
     # histogram XGBoost needs every site in the communicator at once: one Ray actor per site (up to 8)
     per_site = cpus / min(n_sites, 8) if settings.xgb_mode == "histogram" else 1

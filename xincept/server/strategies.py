@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedTrimmedAvg, Krum
 
 from xincept.common.fedconfig import FedSettings
 
 
 def make_strategy(settings: FedSettings, n_sites: int) -> FedAvg:
-    """FedAvg (default), FedProx or FedAdam, weighted by each site's number of training images."""
+    """FedAvg (default), FedProx, FedAdam, or a robust rule (trimmed mean, Krum); weighted by training images."""
     common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n_sites, min_evaluate_nodes=n_sites,
                   min_available_nodes=n_sites, weighted_by_key="num-examples")
     if settings.strategy == "fedprox":
         return FedProx(proximal_mu=settings.proximal_mu, **common)
     if settings.strategy == "fedadam":
         return FedAdam(eta=settings.server_lr, eta_l=settings.lr, **common)
+    if settings.strategy == "trimmed-mean":
+        return FedTrimmedAvg(beta=settings.trim_beta, **common)
+    if settings.strategy == "krum":
+        return Krum(num_malicious_nodes=settings.krum_malicious, **common)
     return FedAvg(**common)
 
 

@@ -109,8 +109,26 @@ def superlink_command(opts: LinkOptions, state_dir: Path) -> list[str]:
         files = tls_files(opts.tls_dir)  # type: ignore[arg-type]
         cmd += ["--ssl-ca-certfile", str(files["ca"]), "--ssl-certfile", str(files["cert"]), "--ssl-keyfile", str(files["key"])]
     if opts.auth_keys is not None:
-        cmd += ["--enable-supernode-auth", "--auth-list-public-keys", str(opts.auth_keys)]
+        cmd.append("--enable-supernode-auth")  # only registered nodes may connect (register_nodes)
     return cmd
+
+
+def public_keys(auth_keys: Path) -> list[Path]:
+    """The registered nodes' public keys: every *.pub in a folder, or one .pub file."""
+    keys = sorted(auth_keys.glob("*.pub")) if auth_keys.is_dir() else [auth_keys]
+    if not keys or not all(k.is_file() for k in keys):
+        raise ServerError(f"--auth-keys {auth_keys}: no public keys (*.pub) found; create them with `xincept-server keys --site NAME`")
+    return keys
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path) -> None:
+    """Register each node's public key with the running SuperLink (Flower's CLI-managed node authentication)."""
+    for key in keys:
+        res = subprocess.run([shutil.which("flwr") or "flwr", "supernode", "register", str(key.resolve()), CONNECTION],
+                             env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise ServerError(f"registering node key {key} failed: {(res.stdout + res.stderr).strip()[-500:]}")
+        log.info("registered node key %s", key.name)
 
 
 def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None = None) -> dict:
@@ -130,6 +148,8 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
                             start_new_session=True, cwd=state)
     try:
         wait_port(opts.host, opts.port, 60, link)
+        if opts.auth_keys is not None:
+            register_nodes(public_keys(opts.auth_keys), env, state)
         log.info("SuperLink listening on %s:%d (%s); waiting for %d site(s) for up to %.0f s",
                  opts.host, opts.port, "insecure" if opts.insecure else "TLS", settings.min_sites, settings.join_timeout)
         cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]

@@ -1,0 +1,68 @@
+"""What a site releases in validation: aggregate counts only, small cells withheld."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xincept.common.disclosure import SUPPRESSED, DisclosurePolicy, release_confusion
+from xincept.common.errors import SettingError
+from xincept.common.site_counts import pooled_metrics, site_counts
+
+
+def _predictions(n: int, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 3 * np.eye(k)[y]
+    p = np.exp(logits)
+    return y, p / p.sum(1, keepdims=True)
+
+
+def test_small_cells_are_withheld_with_a_complementary_cell() -> None:
+    cm = np.array([[40, 2, 0, 9], [0, 30, 0, 0], [1, 0, 3, 0], [0, 0, 0, 25]])
+    out = release_confusion(cm, DisclosurePolicy("suppress", 5))
+    got = np.array(out["confusion"]).reshape(4, 4)
+    assert got[0, 1] == SUPPRESSED and got[0, 3] == SUPPRESSED  # 2 withheld; 9 withheld too, else 51-40-0-? recovers it
+    assert got[0, 0] == 40 and got[1, 1] == 30 and got[3, 3] == 25
+    assert out["class-counts"][2] == SUPPRESSED  # a class with 4 images: its count is withheld
+    assert got[2, 0] == SUPPRESSED and got[2, 2] == SUPPRESSED
+    assert out["n"] == cm.sum() and out["correct"] == np.trace(cm)
+    released = got[got >= 0]
+    assert not ((released > 0) & (released < 5)).any()
+
+
+def test_a_site_reply_holds_counts_only_and_its_size_does_not_grow_with_images() -> None:
+    policy = DisclosurePolicy("suppress", 5)
+    small, large = site_counts(*_predictions(40), 4, policy), site_counts(*_predictions(400), 4, policy)
+    assert set(small) == set(large) == {"confusion", "class-counts", "n", "correct", "suppressed", "loss-sum", "roc-pos",
+                                        "roc-neg", "rel-count", "rel-correct", "rel-conf-sum", "bins"}
+    for key, value in large.items():
+        values = value if isinstance(value, list) else [value]
+        assert all(isinstance(v, (int, float)) for v in values), key
+        assert len(values) == len(small[key] if isinstance(small[key], list) else [small[key]]), key  # fixed size
+    for key in ("confusion", "class-counts", "roc-pos", "roc-neg", "rel-count", "rel-correct"):
+        arr = np.asarray(small[key])
+        assert not ((arr > 0) & (arr < 5)).any(), key  # every count below the threshold is withheld
+
+
+def test_pooled_metrics_use_exact_totals_and_report_withheld_cells() -> None:
+    y, p = _predictions(300)
+    release = site_counts(y, p, 4, DisclosurePolicy("suppress", 5))
+    m = pooled_metrics([release, release], ["a", "b", "c", "d"])
+    assert m["n"] == 600 and m["accuracy"] == pytest.approx((p.argmax(1) == y).mean())
+    assert m["withheld_cells"] == 2 * release["suppressed"]
+    assert 0.5 < m["auc_ovr"] <= 1.0 and len(m["roc"]["a"]["fpr"]) == 11 and m["ece"] is not None
+
+
+def test_laplace_release_is_noisy_but_close() -> None:
+    cm = np.diag([100, 100, 100, 100])
+    out = release_confusion(cm, DisclosurePolicy("laplace", epsilon=1.0), np.random.default_rng(0))
+    got = np.array(out["confusion"]).reshape(4, 4)
+    assert (got >= 0).all() and not np.array_equal(got, cm) and abs(out["n"] - 400) < 60
+
+
+def test_bad_disclosure_settings_are_named() -> None:
+    with pytest.raises(SettingError, match="disclosure"):
+        DisclosurePolicy("hide")
+    with pytest.raises(SettingError, match="min-cell-count"):
+        DisclosurePolicy("suppress", 0)

@@ -1,0 +1,24 @@
+"""`xincept-client verify-weights`: check a staged weights folder at the site (offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from xincept.common.cli import BackbonesOpt, friendly_errors, setup_logging, split_names
+from xincept.common.config import THESIS_BACKBONES
+
+
+@friendly_errors
+def verify_weights(
+    weights_dir: Annotated[Path, typer.Option("--weights-dir", help="Folder made by `xincept-client stage-weights`.")],
+    backbones: BackbonesOpt = ",".join(THESIS_BACKBONES),
+) -> None:
+    """Verify every backbone's weights file against SHA256SUMS.txt; exit 2 with the reason when one differs."""
+    setup_logging()
+    from xincept.common.backbones import verify_staged_weights
+
+    for name, digest in verify_staged_weights(weights_dir, tuple(split_names(backbones) or THESIS_BACKBONES)).items():
+        typer.echo(f"OK {digest}  {weights_dir / name}")

@@ -1,0 +1,147 @@
+"""DP-SGD for the fused head at one site (Opacus), with a per-site budget for the whole federated run.
+
+Unit of privacy: one image. The site plans its noise once: for R rounds x E local epochs of Poisson-
+sampled batches (rate q = batch / n_train), Opacus finds the noise multiplier that spends exactly the
+target (epsilon, delta) under the RDP accountant. After every round the spent epsilon is recomputed
+from the steps actually taken, which a ledger on the site's disk records (a repeated round counts
+again: its update was released). A round that would overspend is refused.
+
+Per-sample gradients come from Opacus' hooks on the head's Linear layers (one einsum per layer,
+no per-sample loop). Algorithm 1's L2 penalty is a function of the weights only, so it moves into the
+optimizer's weight decay (2 x 0.01 on the K-wide layers): it costs no privacy and is not clipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xincept.common.atomic import write_json_atomic
+from xincept.common.config import HeadConfig
+from xincept.common.errors import XinceptError
+from xincept.common.head import FusedHead
+
+log = logging.getLogger(__name__)
+
+
+class BudgetSpent(XinceptError):
+    """This site's privacy budget would be exceeded by another round."""
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    rounds: int
+
+
+def make_plan(n_train: int, batch_size: int, local_epochs: int, rounds: int, epsilon: float, delta: float,
+              max_grad_norm: float) -> DPPlan:
+    """The noise that spends (epsilon, delta) over the whole run's planned steps."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if n_train < 2:
+        raise XinceptError("DP-SGD needs at least two training images at a site")
+    q = min(1.0, batch_size / n_train)
+    steps_per_round = local_epochs * math.ceil(1 / q)
+    sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps_per_round * rounds,
+                                 accountant="rdp")
+    return DPPlan(epsilon, delta, max_grad_norm, float(sigma), q, steps_per_round, rounds)
+
+
+def spent_epsilon(plan: DPPlan, steps: int) -> float:
+    from opacus.accountants import RDPAccountant
+
+    if steps <= 0:
+        return 0.0
+    acc = RDPAccountant()
+    acc.history = [(plan.noise_multiplier, plan.sample_rate, steps)]
+    return float(acc.get_epsilon(plan.delta))
+
+
+class PrivacyLedger:
+    """Steps spent per federation (keyed by its settings), in a JSON file on the site's disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def steps(self, key: str) -> int:
+        return int(self._read().get(key, {}).get("steps", 0))
+
+    def add(self, key: str, steps: int, plan: DPPlan, server_round: int) -> int:
+        doc = self._read()
+        entry = doc.setdefault(key, {"steps": 0, "rounds": [], "plan": asdict(plan)})
+        entry["steps"] += steps
+        entry["rounds"].append(server_round)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, doc)
+        return int(entry["steps"])
+
+
+def _param_groups(head: FusedHead, cfg: HeadConfig) -> list[dict]:
+    l2 = {id(p) for layer in [b[-1] for b in head.branches] + [head.classifier] for p in [layer.weight]}
+    decayed = [p for p in head.parameters() if id(p) in l2]
+    rest = [p for p in head.parameters() if id(p) not in l2]
+    return [{"params": decayed, "weight_decay": 2 * cfg.l2 + cfg.weight_decay}, {"params": rest, "weight_decay": cfg.weight_decay}]
+
+
+def dp_train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs: int, cfg: HeadConfig, plan: DPPlan,
+                    seed: int = 0) -> tuple[float, int]:
+    """``epochs`` epochs of DP-SGD (Adam on clipped, noised per-sample gradients): (last epoch's mean loss, steps)."""
+    torch.manual_seed(seed)
+    data = torch.utils.data.TensorDataset(*[torch.as_tensor(f, dtype=torch.float32) for f in feats],
+                                          torch.as_tensor(y, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.Adam(_param_groups(head, cfg), lr=cfg.lr)
+    head.train()
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode (a cryptographic RNG, torchcsprng) is off, and about full backward hooks
+        warnings.filterwarnings("ignore", category=UserWarning)
+        return _dp_loop(head, opt, loader, plan, epochs)
+
+
+def _dp_loop(head: FusedHead, opt: torch.optim.Optimizer, loader: torch.utils.data.DataLoader, plan: DPPlan,
+             epochs: int) -> tuple[float, int]:
+    from opacus import PrivacyEngine
+
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    module, opt, loader = engine.make_private(module=head, optimizer=opt, data_loader=loader,
+                                              noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                                              poisson_sampling=True)
+    loss_fn = nn.CrossEntropyLoss()
+    module.train()
+    last = float("nan")
+    steps = 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for *xs, yb in loader:
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch; it still counts as a step
+                opt.zero_grad()
+                steps += 1
+                continue
+            loss = loss_fn(module(list(xs)), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            total, count = total + loss.item() * len(yb), count + len(yb)
+        last = total / max(count, 1)
+    module.remove_hooks()
+    head.eval()
+    return last, steps

@@ -1,0 +1,151 @@
+"""PNG plots for the report, drawn from metrics.json content only (aggregate numbers, never images)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _figure(width: float = 6.4, height: float = 4.0):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.figure(figsize=(width, height), dpi=110)
+
+
+def _png(plt, fig) -> bytes:  # noqa: ANN001
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def rounds_plot(rounds: list[dict[str, Any]], selected: int | None) -> bytes:
+    plt, fig = _figure(9, 3.6)
+    r = [x["round"] for x in rounds]
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(r, [x["val"]["global"]["accuracy"] for x in rounds], "k-o", lw=2, ms=3, label="all sites")
+    for site in sorted(rounds[0]["val"]["sites"]):
+        ax1.plot(r, [x["val"]["sites"].get(site, {}).get("accuracy", np.nan) for x in rounds], lw=1, alpha=0.8, label=site)
+        ax2.plot(r, [x["train_loss"].get(site, np.nan) for x in rounds], lw=1, label=site)
+    if selected:
+        ax1.axvline(selected, color="grey", ls="--", lw=1, label=f"selected round {selected}")
+    ax1.set(xlabel="round", ylabel="validation accuracy", title="Validation accuracy per round")
+    ax2.set(xlabel="round", ylabel="local training loss", title="Training loss at each site")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def confusion_plot(sites: dict[str, dict[str, Any]], classes: list[str], threshold: int) -> bytes:
+    n = len(sites)
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    plt, fig = _figure(3.2 * cols, 3.0 * rows)
+    for i, (site, m) in enumerate(sorted(sites.items())):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        released = np.asarray(m.get("confusion_released", m["confusion"]))
+        shown = np.where(released < 0, 0, released)
+        ax.imshow(shown, cmap="Blues")
+        for (a, b), v in np.ndenumerate(released):
+            ax.text(b, a, f"<{threshold}" if v < 0 else str(v), ha="center", va="center", fontsize=8,
+                    color="white" if v > shown.max() / 2 else "black")
+        ax.set_xticks(range(len(classes)), classes, fontsize=7, rotation=45)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_title(f"{site} (n={m['n']})", fontsize=9)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+    return _png(plt, fig)
+
+
+def roc_plot(m: dict[str, Any]) -> bytes:
+    plt, fig = _figure(4.6, 4.2)
+    ax = fig.gca()
+    for name, c in m["roc"].items():
+        ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {c['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (all sites, binned scores)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(plt, fig)
+
+
+def reliability_plot(m: dict[str, Any]) -> bytes:
+    rel = m["reliability"]
+    bins = len(rel["count"])
+    centres = (np.arange(bins) + 0.5) / bins
+    plt, fig = _figure(4.6, 4.2)
+    ax = fig.gca()
+    acc = np.asarray(rel["accuracy"], dtype=float)
+    ax.bar(centres, np.nan_to_num(acc), width=1 / bins, edgecolor="k", alpha=0.7, label="observed accuracy")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability (ECE {m.get('ece') or float('nan'):.3f})")
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(plt, fig)
+
+
+def cross_site_plot(cross: dict[str, dict[str, Any]]) -> bytes:
+    sites = sorted(cross)
+    models = [k for k in ("global", "leave-one-site-out", "local-only") if any(k in cross[s] for s in sites)]
+    grid = np.array([[cross[s].get(k, {}).get("accuracy", np.nan) for k in models] for s in sites], dtype=float)
+    plt, fig = _figure(1.8 * len(models) + 2, 0.5 * len(sites) + 1.8)
+    ax = fig.gca()
+    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
+    for (a, b), v in np.ndenumerate(grid):
+        ax.text(b, a, "n/a" if np.isnan(v) else f"{100 * v:.1f}%", ha="center", va="center", fontsize=8, color="w")
+    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set_yticks(range(len(sites)), sites, fontsize=8)
+    ax.set_title("Accuracy at each site (rows) of each model (columns)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return _png(plt, fig)
+
+
+def privacy_plot(privacy: dict[str, dict[str, float]], target: float) -> bytes:
+    sites = sorted(privacy)
+    plt, fig = _figure(1.0 * len(sites) + 3, 3.4)
+    ax = fig.gca()
+    ax.bar(sites, [privacy[s]["epsilon"] for s in sites], color="tab:purple")
+    if target:
+        ax.axhline(target, color="red", ls="--", lw=1, label=f"budget {target:g}")
+        ax.legend(fontsize=7)
+    ax.set(ylabel="epsilon spent", title="Differential privacy budget spent per site (delta "
+           f"{next(iter(privacy.values()))['delta']:g}, unit: image)")
+    return _png(plt, fig)
+
+
+def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dict[str, str]:
+    """Write every plot the metrics allow into ``folder``; returns {caption: file name}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    settings = metrics.get("settings", {})
+    jobs = []
+    if metrics.get("rounds"):
+        jobs.append(("Per-round curves", "rounds.png", lambda: rounds_plot(metrics["rounds"], metrics.get("selected_round"))))
+    if metrics.get("sites"):
+        jobs.append(("Confusion matrix at each site (test split; withheld cells shown as <N)", "confusion_sites.png",
+                     lambda: confusion_plot(metrics["sites"], classes, int(settings.get("min-cell-count", 5)))))
+    if metrics.get("global", {}).get("roc"):
+        jobs.append(("One-vs-rest ROC curves", "roc.png", lambda: roc_plot(metrics["global"])))
+    if metrics.get("global", {}).get("reliability"):
+        jobs.append(("Reliability diagram", "reliability.png", lambda: reliability_plot(metrics["global"])))
+    if metrics.get("cross_site"):
+        jobs.append(("Cross-site accuracy", "cross_site.png", lambda: cross_site_plot(metrics["cross_site"])))
+    if metrics.get("privacy"):
+        jobs.append(("Privacy budget per site", "privacy.png",
+                     lambda: privacy_plot(metrics["privacy"], float(settings.get("dp-epsilon", 0)))))
+    for caption, name, draw in jobs:
+        try:
+            (folder / name).write_bytes(draw())
+            made[caption] = name
+        except (ValueError, KeyError, TypeError) as exc:  # a plot must never cost the run its outputs
+            log.warning("could not draw %s: %s", name, exc)
+    return made

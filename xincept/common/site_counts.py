@@ -1,0 +1,128 @@
+"""What a site's evaluation releases (aggregate counts under disclosure control) and how they pool.
+
+A site turns its predictions into:
+- a confusion matrix, per-class counts, the total and the number correct (``release_confusion``);
+- the summed cross-entropy loss (one number);
+- per class, histograms of the predicted probability among that class's images and among the
+  others (``bins`` equal-width bins): enough for pooled one-vs-rest ROC curves and AUC;
+- a reliability histogram: per confidence bin, images, correct ones and summed confidence.
+Histograms go through the same policy as the confusion matrix (cells withheld or noised).
+No per-image value leaves the site.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xincept.common.disclosure import SUPPRESSED, DisclosurePolicy, confusion_from_release, release_confusion
+from xincept.common.metrics import metrics_from_confusion
+
+BINS = 10
+
+
+def _hist(values: np.ndarray, bins: int) -> np.ndarray:
+    return np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))[0].astype(np.int64)
+
+
+def _protect(counts: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator, sensitivity: float) -> np.ndarray:
+    if policy.kind == "suppress":
+        return np.where((counts > 0) & (counts < policy.threshold), SUPPRESSED, counts)
+    if policy.kind == "laplace":
+        noisy = counts + rng.laplace(0.0, sensitivity / policy.epsilon, counts.shape)
+        return np.clip(np.rint(noisy), 0, None).astype(np.int64)
+    return counts
+
+
+def site_counts(y: np.ndarray, proba: np.ndarray, k: int, policy: DisclosurePolicy, bins: int = BINS,
+                seed: int | None = None) -> dict[str, Any]:
+    """Everything one evaluation releases, as flat lists of numbers (a Flower MetricRecord)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, dtype=np.int64)
+    proba = np.nan_to_num(np.asarray(proba, dtype=float), nan=1.0 / k)  # a diverged model still reports its counts
+    pred = proba.argmax(1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    out = release_confusion(cm, policy, rng)
+    out["loss-sum"] = float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, None)).sum())
+    pos = np.stack([_hist(proba[y == c, c], bins) for c in range(k)])
+    neg = np.stack([_hist(proba[y != c, c], bins) for c in range(k)])
+    conf = proba.max(1)
+    which = np.minimum((np.clip(conf, 0, 1) * bins).astype(int), bins - 1)
+    rel_n = np.bincount(which, minlength=bins).astype(np.int64)
+    rel_ok = np.bincount(which, weights=(pred == y), minlength=bins).astype(np.int64)
+    rel_conf = np.bincount(which, weights=conf, minlength=bins)
+    # each image sits in one bin of every class's histogram pair (L1 change 2k when one image changes)
+    out["roc-pos"] = _protect(pos, policy, rng, 2 * k).reshape(-1).tolist()
+    out["roc-neg"] = _protect(neg, policy, rng, 2 * k).reshape(-1).tolist()
+    rel_n_p = _protect(rel_n, policy, rng, 2)
+    out["rel-count"] = rel_n_p.tolist()
+    out["rel-correct"] = _protect(rel_ok, policy, rng, 2).tolist()
+    out["rel-conf-sum"] = np.where(rel_n_p == SUPPRESSED, 0.0, rel_conf).tolist() if policy.kind == "suppress" else rel_conf.tolist()
+    if policy.kind == "laplace":  # the mean confidence per bin is released only through the noisy count
+        out["rel-conf-sum"] = ((rel_conf / np.maximum(rel_n, 1)) * np.maximum(rel_n_p, 0)).tolist()
+    out["bins"] = bins
+    return out
+
+
+def _clean(values: list[float] | np.ndarray) -> tuple[np.ndarray, int]:
+    arr = np.asarray(values, dtype=float)
+    hidden = arr == SUPPRESSED
+    return np.where(hidden, 0.0, arr), int(hidden.sum())
+
+
+def roc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(FPR, TPR, AUC) of one class from its binned score histograms (thresholds at bin edges)."""
+    tp = np.concatenate([[0.0], np.cumsum(pos[::-1])])
+    fp = np.concatenate([[0.0], np.cumsum(neg[::-1])])
+    if tp[-1] == 0 or fp[-1] == 0:
+        return fp, tp, float("nan")
+    tpr, fpr = tp / tp[-1], fp / fp[-1]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+
+
+def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Metrics from one or more sites' releases (summed), with what disclosure control withheld."""
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    withheld = 0
+    n = correct = 0
+    loss = 0.0
+    bins = int(releases[0].get("bins", BINS)) if releases else BINS
+    pos, neg = np.zeros((k, bins)), np.zeros((k, bins))
+    rel_n, rel_ok, rel_conf = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    for r in releases:
+        c, h = confusion_from_release(r["confusion"], k)
+        cm, withheld = cm + c, withheld + h
+        n, correct, loss = n + int(r["n"]), correct + int(r["correct"]), loss + float(r.get("loss-sum", 0.0))
+        if "roc-pos" in r:
+            for acc, key in ((pos, "roc-pos"), (neg, "roc-neg")):
+                vals, h = _clean(r[key])
+                acc += vals.reshape(k, bins)
+            rel_n += _clean(r["rel-count"])[0]
+            rel_ok += _clean(r["rel-correct"])[0]
+            rel_conf += np.asarray(r["rel-conf-sum"], dtype=float)
+    m = metrics_from_confusion(cm, classes)
+    m["n"], m["accuracy"] = n, (correct / n if n else float("nan"))  # exact, whatever cells were withheld
+    m["loss"] = loss / max(n, 1)
+    m["withheld_cells"] = withheld
+    m["auc_ovr"], m["ece"] = None, None
+    if len(releases) == 1:  # one site's matrix as released (-1 = withheld), for the report
+        m["confusion_released"] = np.asarray(releases[0]["confusion"], dtype=np.int64).reshape(k, k).tolist()
+    if pos.sum() > 0:
+        curves, aucs = {}, []
+        for c, name in enumerate(classes):
+            fpr, tpr, auc = roc_from_histograms(pos[c], neg[c])
+            curves[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auc}
+            if not np.isnan(auc):
+                aucs.append(auc)
+        m["roc"] = curves
+        m["auc_ovr"] = float(np.mean(aucs)) if aucs else None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc_b, conf_b = rel_ok / rel_n, rel_conf / rel_n
+        m["reliability"] = {"count": rel_n.tolist(), "accuracy": np.where(rel_n > 0, acc_b, np.nan).tolist(),
+                            "confidence": np.where(rel_n > 0, conf_b, np.nan).tolist()}
+        ok = rel_n > 0
+        m["ece"] = float((rel_n[ok] / rel_n.sum() * np.abs(acc_b[ok] - conf_b[ok])).sum()) if ok.any() else None
+    return m

@@ -1,0 +1,125 @@
+"""Phase head rounds: FedAvg family over the fused head's weights, checkpointed after every round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from xincept.client.task import new_head_for
+from xincept.common.errors import XinceptError
+from xincept.common.fedconfig import FedSettings
+from xincept.common.site_counts import pooled_metrics
+from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from xincept.server.robust import screen_updates
+from xincept.server.strategies import make_strategy, restore_strategy_state, strategy_state
+
+log = logging.getLogger(__name__)
+
+
+class StoppedAfterRound(Exception):
+    """Raised by ``stop_after_round`` to imitate a crash in tests."""
+
+
+@dataclass
+class HeadResult:
+    state: dict[str, torch.Tensor]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    selected_round: int = 0
+    seconds: float = 0.0
+    rejected: dict[str, list[str]] = field(default_factory=dict)  # site -> reasons, over all rounds
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return int(sum(v.numel() * v.element_size() for v in state.values()))
+
+
+def round_releases(replies: dict, nodes: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """Each site's released evaluation counts, by site name."""
+    return {nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
+
+
+def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
+                    stats: list[tuple[np.ndarray, np.ndarray]], config: Callable[..., ConfigRecord], ckpt_dir: Path,
+                    label: str = "global", stop_after_round: int = 0) -> HeadResult:
+    """R rounds of E local epochs at ``nodes``; resumes from ``ckpt_dir`` when ``settings.resume``.
+
+    The returned head is the round with the best validation accuracy pooled over the sites (ties: lower
+    loss), as centralized early stopping selects its epoch, or the last round (``select-round last``).
+    """
+    ckpt = load_checkpoint(ckpt_dir) if settings.resume else None
+    head = new_head_for([len(m) for m, _ in stats], len(classes), settings)
+    head.set_standardization(stats)
+    state = head.trainable_state()
+    strategy = make_strategy(settings, len(nodes))
+    result = HeadResult(state)
+    best_key: tuple[float, float] = (-1.0, float("-inf"))
+    best_state = None
+    start = 1
+    if ckpt is not None:
+        state, result.rounds, start = ckpt.head_state, ckpt.rounds, ckpt.completed_round + 1
+        restore_strategy_state(strategy, ckpt.strategy_state)
+        best_state, result.selected_round = ckpt.best_state, int(ckpt.context.get("best_round", 0))
+        result.rejected = dict(ckpt.context.get("rejected", {}))
+        if best_state is not None and result.selected_round:
+            b = result.rounds[result.selected_round - 1]["val"]["global"]
+            best_key = (b["accuracy"], -b["loss"])
+        log.info("%s: resuming after round %d from %s", label, ckpt.completed_round, ckpt_dir)
+    reference = {k: tuple(v.shape) for k, v in state.items()}
+    t0 = time.perf_counter()
+    for r in range(start, settings.rounds + 1):
+        tr = time.perf_counter()
+        arrays = ArrayRecord(state)
+        if hasattr(strategy, "current_arrays"):  # FedOpt family: the arrays the deltas are taken against
+            strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**{"server-round": r})}),
+                      settings.round_timeout)
+        accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
+                                                   settings.max_norm_ratio)
+        for site, why in rejected.items():
+            log.warning("%s round %d: rejected the update of site %s: %s", label, r, site, why)
+            result.rejected.setdefault(site, []).append(f"round {r}: {why}")
+        if not accepted:
+            raise XinceptError(f"{label} round {r}: every update was rejected ({rejected})")
+        agg, _ = strategy.aggregate_train(r, list(accepted.values()))
+        if agg is None:
+            raise XinceptError(f"{label} round {r}: no update could be aggregated")
+        state = agg.to_torch_state_dict()
+        val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(split="val")}),
+                  settings.round_timeout)
+        releases = round_releases(val, nodes)
+        glob = pooled_metrics(list(releases.values()), classes)
+        sites = {s: pooled_metrics([rel], classes) for s, rel in sorted(releases.items())}
+        result.rounds.append({
+            "round": r,
+            "seconds": round(time.perf_counter() - tr, 3),
+            "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()},
+            "update_norm": norms,
+            "rejected": sorted(rejected),
+            "privacy": {nodes[n]: {k.removeprefix("dp-"): float(v) for k, v in m.content["metrics"].items() if k.startswith("dp-")}
+                        for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
+            "val": {"global": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "n")},
+                    "sites": {s: {k: v[k] for k in ("accuracy", "loss", "n")} for s, v in sites.items()}},
+        })
+        log.info("%s round %d/%d: val accuracy %.3f, loss %.4f", label, r, settings.rounds, glob["accuracy"], glob["loss"])
+        if (glob["accuracy"], -glob["loss"]) > best_key:  # ties: lower loss, as in centralized early stopping
+            best_state, best_key, result.selected_round = {k: v.clone() for k, v in state.items()}, (glob["accuracy"], -glob["loss"]), r
+        save_checkpoint(ckpt_dir, Checkpoint(r, state, result.rounds, strategy_state(strategy),
+                                             {"classes": classes, "best_round": result.selected_round, "rejected": result.rejected},
+                                             best_state=best_state))
+        if stop_after_round == r:
+            raise StoppedAfterRound(f"stopped after round {r} (stop-after-round)")
+    result.seconds = time.perf_counter() - t0
+    if settings.select_round == "best-val" and best_state is not None:
+        result.state = best_state
+    else:
+        result.state, result.selected_round = state, settings.rounds
+    log.info("%s head: round %d of %d (%s)", label, result.selected_round, settings.rounds, settings.select_round)
+    return result

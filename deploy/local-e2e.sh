@@ -10,7 +10,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:-$(mktemp -d -t xincept-e2e-XXXXXX)}"
 mkdir -p "$work"
 export XINCEPT_NO_PROGRESS=1 HF_HUB_OFFLINE=1
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)"
 if [[ "${XINCEPT_E2E_FULL:-0}" == 1 ]]; then model=(); else
   model=(--no-pretrained --backbones test_resnet,test_efficientnet --input-size 80); fi
 pids=()
@@ -42,7 +43,7 @@ pids+=("$server")
 for site in hospital-a hospital-b hospital-c; do
   setsid xincept-client join --site "$site" --data "$work/data/$site" --server "127.0.0.1:$port" \
     --root-cert "$work/secrets/$site/ca.crt" --auth-key "$work/secrets/$site/node.key" --cache-dir "$work/cache-$site" \
-    > "$work/$site.log" 2>&1 &
+    --clientapp-port "$(free_port)" > "$work/$site.log" 2>&1 &
   pids+=("$!")
 done
 

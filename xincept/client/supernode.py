@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,19 +70,82 @@ def supernode_command(opts: NodeOptions) -> list[str]:
     return cmd
 
 
+CONNECTION_FAILED = ("Exit Code: 305", "Failed to activate SuperNode")  # printed by flower-supernode (its exit status varies)
+
+
+def _stream(proc: subprocess.Popen) -> tuple[int, list[str]]:
+    """Echo the SuperNode's output to stderr until it exits; keep the last lines to read why it stopped.
+
+    The wait is on the SuperNode itself (its helper processes inherit the pipe and may outlive it); a
+    SuperNode that reported a failed connection but does not exit within 15 s is killed. Its process
+    group is stopped afterwards.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=80)
+    failed_at: list[float] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            tail.append(line)
+            if not failed_at and any(marker in line for marker in CONNECTION_FAILED):
+                failed_at.append(time.monotonic())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while True:
+        try:
+            code = proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if failed_at and time.monotonic() - failed_at[0] > 15:
+                _kill_group(proc.pid, signal.SIGKILL)
+    _kill_group(proc.pid, signal.SIGTERM)  # helpers left in the SuperNode's process group (start_new_session)
+    reader.join(timeout=5)
+    return code, list(tail)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_supernode(opts: NodeOptions) -> int:
-    """Run the SuperNode in the foreground; Ctrl-C stops it cleanly. Returns its exit code."""
-    env = dict(os.environ)
+    """Run the SuperNode in the foreground; Ctrl-C stops it cleanly. Returns its exit code.
+
+    Flower's SuperNode gives up quickly when the server is not up yet or has not registered this node's
+    key yet; the site keeps trying with backoff (up to 60 s between tries) until ``max_wait_time``
+    (default: unlimited), so a hospital can start before the coordinator.
+    """
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}  # hospitals are offline: Flower must not try to phone home
     if opts.cache_dir:
         env["XINCEPT_CACHE_DIR"] = str(opts.cache_dir)
-    proc = subprocess.Popen(supernode_command(opts), env=env, start_new_session=True)
-    log.info("site %s: SuperNode started (pid %d), connecting to %s", opts.site, proc.pid, opts.server)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    start, delay, tries = time.monotonic(), 2.0, 0
+    proc = None
     try:
-        return proc.wait()
+        while True:
+            log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
+            proc = subprocess.Popen(supernode_command(opts), env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+            code, tail = _stream(proc)
+            tries += 1
+            waited = time.monotonic() - start
+            out_of_time = opts.max_wait_time is not None and waited + delay > opts.max_wait_time
+            out_of_tries = opts.max_retries is not None and tries > opts.max_retries
+            refused = any(marker in line for line in tail for marker in CONNECTION_FAILED)
+            if not refused or out_of_time or out_of_tries:
+                return code
+            log.warning("site %s: could not connect to %s or this node was refused (is the server up, and is this node's "
+                        "key registered there?); trying again in %.0f s", opts.site, opts.server, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
     except KeyboardInterrupt:
         log.info("site %s: leaving the federation (stopping the SuperNode)", opts.site)
-        stop_tree(proc, timeout=15)
+        if proc is not None:
+            stop_tree(proc, timeout=15)
         return 0
 
 

@@ -141,7 +141,7 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     status_path.unlink(missing_ok=True)
     settings = FedSettings.from_flat({**settings.to_flat(), "out-dir": str(out)})
     app_dir = write_app_dir(state / "app", settings)
-    env = {**os.environ, "FLWR_HOME": str(state / "flwr-home"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "FLWR_HOME": str(state / "flwr-home"), "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     write_flwr_home(state / "flwr-home", opts)
     link_log = (state / "superlink.log").open("ab")
     link = subprocess.Popen(superlink_command(opts, state), stdout=link_log, stderr=subprocess.STDOUT, env=env,

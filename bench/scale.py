@@ -1,0 +1,51 @@
+"""Scale: the same federation with 2, 4, 8, 16 and 32 simulated sites on this machine.
+
+Prints one JSON object with, per site count, total wall time, time per round and the peak resident
+memory of the whole process tree. IID partitions of the data; `--xgb-mode bagging` because histogram
+XGBoost holds every site online at once (at most 8 in one simulation).
+
+    python bench/scale.py [--data ../shared/datasets/all4] [--sites 2,4,8,16,32] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import run_measured  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/all4"))
+    ap.add_argument("--sites", default="2,4,8,16,32")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args()
+    rows = []
+    for n in [int(s) for s in args.sites.split(",")]:
+        out = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
+        cmd = [shutil.which("xincept-server") or "xincept-server", "simulate", "--data", str(args.data), "--sites", str(n),
+               "--partition", "iid", "--no-pretrained", "--rounds", str(args.rounds), "--xgb-mode", "bagging", "--no-loso",
+               "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
+        measured = run_measured(cmd, out / "bench.log", args.timeout)
+        row = {"sites": n, **measured}
+        if measured["exit_code"] == 0:
+            m = json.loads((out / "metrics.json").read_text())
+            row.update(accuracy=m["global"]["accuracy"], n_test=m["global"]["n"], timing_s=m["timing_s"],
+                       seconds_per_round=round(m["timing_s"]["head_rounds"] / args.rounds, 2),
+                       min_site_train_images=min(int(v) for v in (m["embedding"][s]["num-examples"] for s in m["embedding"])))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    print(json.dumps({"rounds": args.rounds, "partition": "iid", "xgb_mode": "bagging", "weights": "random",
+                      "machine": "2 cores, 24 GB, no GPU", "runs": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -94,3 +94,23 @@ def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]])
         app.command(command_name)(fn)
     app.callback()(lambda: None)
     return app
+
+
+def given_options(values: dict[str, Any], always: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings whose options were given on the command line (or in the environment).
+
+    Options left at their defaults do not override a ``--config`` file; ``always`` keeps some anyway.
+    Keys are the command's parameter names (the same as the settings' names).
+    """
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return dict(values)
+    keep = {}
+    for key, value in values.items():
+        source = ctx.get_parameter_source(key)
+        if key in always or source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            keep[key] = value
+    return keep

@@ -29,7 +29,7 @@ class FedSettings:
     max_norm_ratio: float = 10.0  # ... or farther than this many times the round's median distance (3+ sites)
     trim_beta: float = 0.2  # trimmed-mean: fraction cut at each end
     krum_malicious: int = 0  # krum: sites assumed malicious
-    join_timeout: float = 300.0
+    join_timeout: float = 600.0
     round_timeout: float = 3600.0
     resume: bool = False
     select_round: str = "best-val"  # best-val: the round with the best aggregated validation accuracy | last

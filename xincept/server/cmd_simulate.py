@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputSizeOpt, NoPretrainedOpt, PrecisionOpt,
-                                VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging)
+                                VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging)
 from xincept.common.config import THESIS_BACKBONES
 
 RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head.")]
@@ -56,13 +56,18 @@ def simulate(
     from xincept.common.fedconfig import FedSettings, load_settings_file
     from xincept.server.simulate import run_simulated_federation
 
-    values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, pretrained=not no_pretrained,
-                  backbones=backbones, input_size=input_size, group_block=group_block, precision=precision, seed=seed,
-                  resume=resume, min_sites=sites, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure, min_cell_count=min_cell_count,
-                  dp_epsilon=dp_epsilon, dp_delta=dp_delta)
+    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, backbones=backbones, input_size=input_size,
+                                group_block=group_block, precision=precision, seed=seed, resume=resume, xgb_mode=xgb_mode, loso=loso,
+                                disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),
+                           always=("loso",))  # leave-one-site-out is always on in simulation unless --no-loso
+    values.update(out_dir=str(out), min_sites=sites)
+    if no_pretrained:
+        values["pretrained"] = False
+    merged = {**(load_settings_file(config) if config else {}), **values}
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
-        values.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False, rounds=min(rounds, 10))
-    settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})
+        merged.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False)
+        merged.setdefault("rounds", 10)
+    settings = FedSettings.from_flat(merged)
     metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir)
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import friendly_errors, setup_logging, VerboseOpt
-from xincept.server.cmd_simulate import ConfigOpt, EpochsOpt, ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt
+from xincept.common.cli import VerboseOpt, friendly_errors, given_options, setup_logging
+from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, MinCellOpt, ResumeOpt,
+                                         RoundsOpt, StrategyOpt, XgbModeOpt)
 
 
 @friendly_errors
@@ -29,6 +30,11 @@ def start(
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
     backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated timm backbone names (default: the thesis pair).")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input size in pixels (default 224).")] = None,
+    loso: Annotated[bool, typer.Option("--loso", help="Also train leave-one-site-out models and score each at its held-out site.")] = False,
+    disclosure: DisclosureOpt = "suppress",
+    min_cell_count: MinCellOpt = 5,
+    dp_epsilon: DpEpsilonOpt = 0.0,
+    dp_delta: DpDeltaOpt = 1e-5,
     resume: ResumeOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -44,9 +50,10 @@ def start(
     advertised = public_host or host
     if advertised in ("0.0.0.0", "::"):
         raise SettingError("--host listens on every interface: give --public-host NAME, the address sites use to reach this server")
-    values = dict(out_dir=str(out), rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
-                  join_timeout=join_timeout, resume=resume, xgb_mode=xgb_mode, public_host=advertised, insecure=insecure,
-                  xgb_tls_dir=str(tls_dir.resolve()) if tls_dir else "")
+    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
+                                join_timeout=join_timeout, resume=resume, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure,
+                                min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta))
+    values.update(out_dir=str(out), public_host=advertised, insecure=insecure, xgb_tls_dir=str(tls_dir.resolve()) if tls_dir else "")
     if no_pretrained:
         values["pretrained"] = False
     if backbones:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, setti
     metrics = json.loads(metrics_path.read_text())
     metrics["partition"] = {"scheme": scheme, "sites": n_sites, "names": names, "seed": settings.seed}
     if reference:
+        t0 = time.perf_counter()
         metrics["centralized_reference"] = centralized_reference(part_dir, names, classes, settings, cache_dir, weights_dir)
+        metrics["centralized_reference"]["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(metrics_path, metrics)
     return metrics
 

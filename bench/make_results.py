@@ -1,0 +1,165 @@
+"""Write docs/RESULTS.md and its PNG plots from the JSON files of bench/run_all.sh (bench/results/)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+
+
+def load(name: str) -> dict | None:
+    path = RES / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def ci(pair: list[float] | None) -> str:
+    return "" if not pair else f"{100 * pair[0]:.1f}-{100 * pair[1]:.1f}"
+
+
+def federated_table(runs: dict[str, dict]) -> list[str]:
+    out = ["| run | partition | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost | DP epsilon spent (max over sites) | wall time |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        if "error" in r:
+            out.append(f"| {name} | | | failed: {r['error']} | | | | |")
+            continue
+        ref = r["centralized_reference"]
+        eps = max((p["epsilon"] for p in r["privacy"].values()), default=None)
+        out.append(f"| {name} | {r['partition']['scheme']} | {r['xgb']['mode']} XGBoost on the federated head | {pct(r['accuracy'])} | "
+                   f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} | "
+                   f"{'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
+    return out
+
+
+def plot_scale(scale: dict) -> str:
+    rows = [r for r in scale["runs"] if r.get("exit_code") == 0]
+    fig, ax1 = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax1.plot([r["sites"] for r in rows], [r["wall_s"] for r in rows], "o-", label="wall time (s)")
+    ax1.set(xscale="log", xlabel="simulated sites", ylabel="wall time (s)", title="Scale on this machine (2 cores)")
+    ax1.set_xticks([r["sites"] for r in rows], [str(r["sites"]) for r in rows])
+    ax2 = ax1.twinx()
+    ax2.plot([r["sites"] for r in rows], [r["peak_rss_mb"] / 1000 for r in rows], "s--", color="tab:red", label="peak memory (GB)")
+    ax2.set_ylabel("peak memory (GB)")
+    fig.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "scale.png")
+    plt.close(fig)
+    return "scale.png"
+
+
+def plot_accuracy(runs: dict[str, dict], central: dict | None) -> str:
+    names, vals, lows, highs = [], [], [], []
+    if central:
+        f = central["variants"].get("fusion", {})
+        if "accuracy" in f:
+            names.append("centralized 5-fold")
+            vals.append(f["accuracy"])
+            lo, hi = f["ci95"]["accuracy"]
+            lows.append(f["accuracy"] - lo)
+            highs.append(hi - f["accuracy"])
+    for name, r in runs.items():
+        if "accuracy" in r:
+            names.append(name)
+            vals.append(r["accuracy"])
+            lows.append(r["accuracy"] - r["accuracy_ci95"][0])
+            highs.append(r["accuracy_ci95"][1] - r["accuracy"])
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    ax.bar(range(len(vals)), vals, yerr=[lows, highs], capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy", ylim=(0.5, 1.0), title="Accuracy with 95% intervals (random weights, 224 px)")
+    fig.tight_layout()
+    fig.savefig(DOCS / "accuracy.png")
+    plt.close(fig)
+    return "accuracy.png"
+
+
+def main() -> None:
+    DOCS.mkdir(exist_ok=True)
+    runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"))}
+    central, dp, scale, embed = load("centralized"), load("dp"), load("scale"), load("embed")
+    lines = ["# Results", "",
+             "Every number below comes from the JSON files in `bench/results/`, written by `bash bench/run_all.sh` "
+             "(one command per table is given with each table) and turned into this page by `python bench/make_results.py`.",
+             "", "> **Random weights.** No ImageNet weights can be downloaded on the machine that produced these numbers: every backbone "
+             "has seeded random weights (`--no-pretrained`), input 224 px. The numbers measure the pipeline and the protocols, "
+             "not a clinical model; with pretrained weights accuracy is expected to be higher.", "",
+             "Data: `../shared/datasets/all4` (2,572 images, 2,535 unique; Benign, Early, Pre, Pro). Seed 0 everywhere. "
+             "Machine: x86_64, 2 cores, 24 GB, no GPU.", ""]
+    lines += ["## Literature (not comparable with our columns)", "",
+              "| source | accuracy | protocol |", "|---|---|---|",
+              "| Khan 2024 (thesis), XIncept-ALL | 99.0% | ImageNet-pretrained backbones, image-level random split (images of one patient on both sides), 10-fold CV |", ""]
+    if central:
+        lines += ["## Centralized: fusion vs each backbone, and the classifier comparison", "",
+                  "Protocol: grouped stratified 5-fold CV (groups: runs of 25 consecutive file numbers + exact duplicates; "
+                  "103 groups); metrics pooled over out-of-fold predictions; 95% intervals from a bootstrap over groups.", "",
+                  "Command: `python bench/centralized.py --cache-dir CACHE`", "",
+                  "| backbones | accuracy (XGBoost on the head's embedding) | 95% CI | macro F1 | AUC | head softmax | wall time | peak memory |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, v in central["variants"].items():
+            if "accuracy" in v:
+                lines.append(f"| {name} | {pct(v['accuracy'])} | {ci(v['ci95'].get('accuracy'))} | {pct(v['macro_f1'])} | {pct(v['auc_ovr'])} | "
+                             f"{pct(v['head_softmax'])} | {v['wall_s']:.0f} s | {v['peak_rss_mb'] / 1000:.1f} GB |")
+        comp = central["variants"].get("fusion", {}).get("comparison", {})
+        if comp:
+            lines += ["", "Classifiers on the same fused embeddings and folds (thesis Table 5.1, our protocol):", "",
+                      "| classifier | accuracy |", "|---|---|"] + [f"| {k} | {pct(v)} |" for k, v in comp.items()]
+        lines.append("")
+    if runs:
+        lines += ["## Federated (4 simulated sites, Flower simulation engine)", "",
+                  "Protocol: each site holds out a grouped 20% test split and a grouped 15% validation split of the rest (seed 0); "
+                  "the federated model is scored on the union of the sites' test splits; the centralized reference trains the same "
+                  "model on the pooled training splits and scores it on the same images. Intervals: Wilson over images.", "",
+                  "Command: `python bench/federation.py --name NAME --sites 4 --partition P [simulate options]` (see `bench/run_all.sh`)", ""]
+        lines += federated_table(runs)
+        lines += ["", f"![accuracy]({plot_accuracy(runs, central)})", ""]
+        lines += ["### Time and communication", "",
+                  "| run | embed | head rounds | per round | xgb | validate | total (in the run) | process wall time | centralized reference fit | bytes per site per round | per run |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in runs.items():
+            if "timing_s" in r:
+                t, c = r["timing_s"], r["communication"]
+                lines.append(f"| {name} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {r['seconds_per_round']:.1f} s | {t['xgb']:.0f} s | "
+                             f"{t.get('validate', 0):.0f} s | {t['total']:.0f} s | {r['wall_s']:.0f} s | "
+                             f"{r['centralized_reference'].get('seconds', float('nan')):.0f} s | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
+        lines.append("")
+        d = runs.get("dirichlet")
+        if d and d.get("cross_site"):
+            lines += ["### Cross-site validation (Dirichlet 0.5)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
+                      "|---" * (1 + len(next(iter(d["cross_site"].values())))) + "|"]
+            for site, row in d["cross_site"].items():
+                lines.append(f"| {site} | " + " | ".join(pct(v) for v in row.values()) + " |")
+            lines.append("")
+    if dp:
+        lines += ["## Cost of DP-SGD per epoch", "", "Command: `python bench/dp.py`", "",
+                  f"Plain epoch {dp['plain_epoch_s']:.3f} s, DP epoch {dp['dp_epoch_s']:.3f} s: **{dp['dp_over_plain']}x** "
+                  f"({dp['images']} images, batch {dp['batch_size']}, median of {dp['repeats']}). A naive per-image backward loop costs "
+                  f"{dp['naive_over_plain']}x a plain epoch.", ""]
+    if embed:
+        lines += ["## Embedding throughput", "", "Command: `python bench/embed.py --cache-dir CACHE`", "", "```json", json.dumps(embed, indent=1), "```", ""]
+    if scale:
+        lines += ["## Scale: simulated sites on this machine", "", "Command: `python bench/scale.py --cache-dir CACHE` "
+                  f"({scale['rounds']} rounds, IID, bagging XGBoost)", "",
+                  "| sites | wall time | head seconds per round | peak memory (process tree) | accuracy | exit |", "|---|---|---|---|---|---|"]
+        for r in scale["runs"]:
+            lines.append(f"| {r['sites']} | {r['wall_s']:.0f} s | {r.get('seconds_per_round', 'n/a')} | {r['peak_rss_mb'] / 1000:.1f} GB | "
+                         f"{pct(r.get('accuracy'))} | {r['exit_code']} |")
+        lines += ["", f"![scale]({plot_scale(scale)})", ""]
+    (DOCS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOCS / 'RESULTS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

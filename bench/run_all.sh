@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every benchmark behind docs/RESULTS.md, in order, on ../shared/datasets/all4; JSON into bench/results/.
+# Then `python bench/make_results.py` writes docs/RESULTS.md and its plots from those files.
+#   bash bench/run_all.sh [CACHE_DIR]     (a warm embedding cache saves about 3 minutes per backbone pair)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${1:-${XINCEPT_CACHE_DIR:-$HOME/.cache/xincept}}"
+data="${XINCEPT_BENCH_DATA:-../shared/datasets/all4}"
+res=bench/results
+mkdir -p "$res"
+run() { local name=$1; shift; echo "== $name: $*" >&2; "$@" > "$res/$name.json.tmp" && mv "$res/$name.json.tmp" "$res/$name.json"; }
+fed() { local name=$1; shift; run "fed_$name" python bench/federation.py --name "$name" --data "$data" --cache-dir "$cache" "$@"; }
+
+run dp python bench/dp.py
+fed iid --sites 4 --partition iid --no-loso
+fed dirichlet --sites 4 --partition dirichlet:0.5
+fed labelskew --sites 4 --partition label-skew:2 --no-loso
+fed bagging_iid --sites 4 --partition iid --xgb-mode bagging --no-loso
+fed bagging_dirichlet --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
+for eps in 8 3 1; do fed "dp$eps" --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
+run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
+run scale python bench/scale.py --data "$data" --cache-dir "$cache"
+echo "done: $res" >&2

@@ -54,7 +54,7 @@ class FedSettings:
     xgb_subsample: float = 1.0
     xgb_max_bin: int = 256
     xgb_early_stopping: int = 30
-    xgb_bagging_rounds: int = 60
+    xgb_bagging_rounds: int = 150  # at most; early stopping on the pooled validation loss
     xgb_timeout: float = 600.0
     xgb_tls_dir: str = ""  # server side: ca.crt, server.pem, server.key for the tracker ("" and not insecure: generated)
     public_host: str = "127.0.0.1"  # where sites reach the XGBoost tracker

@@ -30,6 +30,34 @@ def tracker_tls(settings: FedSettings) -> Path | None:
     return folder
 
 
+def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, arrays: ArrayRecord,
+             config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes, dict[str, Any]]:
+    """Bagging rounds with early stopping on the validation loss pooled over the sites (their released counts)."""
+    raw: bytes | None = None
+    total = sum(n_train.values())
+    best: tuple[float, int, bytes | None] = (float("inf"), 0, None)
+    history = []
+    for r in range(1, settings.xgb_bagging_rounds + 1):
+        content = RecordDict({"arrays": arrays, "config": config(booster=raw or b"")})
+        replies = ask(grid, nodes, "train.xgb_bagging", content, settings.xgb_timeout)
+        order = sorted(replies)
+        raw = merge_bagging(raw, [bytes(replies[n].content["booster"]["json"]) for n in order],
+                            [n_train[nodes[n]] / total for n in order])
+        val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": arrays, "config": config(split="val", booster=raw)}),
+                  settings.xgb_timeout)
+        loss = sum(float(m.content["metrics"]["loss-sum"]) for m in val.values()) / max(
+            sum(int(m.content["metrics"]["n"]) for m in val.values()), 1)
+        history.append(round(loss, 5))
+        if loss < best[0]:
+            best = (loss, r, raw)
+        elif r - best[1] >= settings.xgb_early_stopping:
+            log.info("xgb bagging: no better pooled validation loss for %d rounds; stopping at round %d", settings.xgb_early_stopping, r)
+            break
+    log.info("xgb bagging: round %d of %d selected (pooled validation loss %.4f)", best[1], len(history), best[0])
+    return best[2] or raw, {"mode": "bagging", "rounds": len(history), "selected_round": best[1], "val_loss": history,
+                            "sites": len(nodes)}
+
+
 def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, state: dict[str, torch.Tensor],
                   config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes | None, dict[str, Any]]:
     """Return the global booster (raw JSON) and facts about the phase."""
@@ -50,15 +78,7 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
         raw = next(bytes(m.content["booster"]["json"]) for m in replies.values() if "booster" in m.content)
         info = {"mode": "histogram", "tls": tls is not None, "sites": len(nodes)}
     else:
-        raw = None
-        total = sum(n_train.values())
-        for r in range(1, settings.xgb_bagging_rounds + 1):
-            content = RecordDict({"arrays": arrays, "config": config(booster=raw or b"")})
-            replies = ask(grid, nodes, "train.xgb_bagging", content, settings.xgb_timeout)
-            order = sorted(replies)
-            raw = merge_bagging(raw, [bytes(replies[n].content["booster"]["json"]) for n in order],
-                                [n_train[nodes[n]] / total for n in order])
-        info = {"mode": "bagging", "rounds": settings.xgb_bagging_rounds, "sites": len(nodes)}
+        raw, info = _bagging(ask, grid, nodes, settings, arrays, config, n_train)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("xgb phase (%s): %.1f s", info["mode"], info["seconds"])
     return raw, info

@@ -1,0 +1,65 @@
+"""Operations: staged weights verified at a site, site reconnection, options vs --config."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from xincept.common.errors import WeightsError
+
+
+def test_verify_weights_accepts_a_staged_folder_and_names_a_damaged_file(tmp_path: Path) -> None:
+    from xincept.common.backbones import verify_staged_weights
+
+    names = ("legacy_xception", "inception_v3")
+    lines = []
+    for name in names:
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(name.encode() * 100)
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    (tmp_path / "SHA256SUMS.txt").write_text("".join(lines))
+    assert set(verify_staged_weights(tmp_path, names)) == {f"{n}.safetensors" for n in names}
+    (tmp_path / "inception_v3.safetensors").write_bytes(b"tampered")
+    with pytest.raises(WeightsError, match="inception_v3.safetensors does not match SHA256SUMS.txt"):
+        verify_staged_weights(tmp_path, names)
+    (tmp_path / "SHA256SUMS.txt").unlink()
+    with pytest.raises(WeightsError, match="stage-weights"):
+        verify_staged_weights(tmp_path, names)
+
+
+def test_a_refused_site_retries_with_backoff_then_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xincept.client import supernode
+
+    calls = tmp_path / "calls"
+    fake = [sys.executable, "-c", f"open({str(calls)!r}, 'a').write('x'); print('ERROR : Exit Code: 305'); raise SystemExit(1)"]
+    monkeypatch.setattr(supernode, "supernode_command", lambda opts: fake)
+    monkeypatch.setattr(supernode.time, "sleep", lambda s: None)
+    opts = supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1", max_retries=3)
+    assert supernode.run_supernode(opts) == 1
+    assert calls.read_text() == "xxxx"  # the first try and three retries
+
+
+def test_a_site_that_stops_for_another_reason_is_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xincept.client import supernode
+
+    monkeypatch.setattr(supernode, "supernode_command", lambda opts: [sys.executable, "-c", "raise SystemExit(3)"])
+    assert supernode.run_supernode(supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1")) == 3
+
+
+def test_options_left_at_defaults_do_not_override_a_config_file() -> None:
+    from xincept.common.cli import given_options
+
+    app = typer.Typer()
+    seen = {}
+
+    @app.command()
+    def cmd(rounds: int = 20, seed: int = 0, loso: bool = True) -> None:
+        seen.update(given_options(dict(rounds=rounds, seed=seed, loso=loso), always=("loso",)))
+
+    assert CliRunner().invoke(app, ["--seed", "3"]).exit_code == 0
+    assert seen == {"seed": 3, "loso": True}

@@ -73,7 +73,8 @@ def roc_plot(m: dict[str, Any]) -> bytes:
     for name, c in m["roc"].items():
         ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (all sites, binned scores)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title("One-vs-rest ROC, all sites (approximate: 10-bin score\nhistograms; bins below the disclosure threshold withheld)", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     return _png(plt, fig)
 
@@ -99,7 +100,7 @@ def cross_site_plot(cross: dict[str, dict[str, Any]]) -> bytes:
     grid = np.array([[cross[s].get(k, {}).get("accuracy", np.nan) for k in models] for s in sites], dtype=float)
     plt, fig = _figure(1.8 * len(models) + 2, 0.5 * len(sites) + 1.8)
     ax = fig.gca()
-    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1)
+    im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1, aspect="auto")
     for (a, b), v in np.ndenumerate(grid):
         ax.text(b, a, "n/a" if np.isnan(v) else f"{100 * v:.1f}%", ha="center", va="center", fontsize=8, color="w")
     ax.set_xticks(range(len(models)), models, fontsize=8)

@@ -160,7 +160,9 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
         "- Images are grouped by runs of consecutive file numbers (a proxy for patient or slide); no patient IDs exist, "
         "so some leakage between neighbouring groups cannot be ruled out.",
-        "- Intervals come from a bootstrap over patient groups of the out-of-fold predictions.",
+        ("- Intervals come from a bootstrap over patient groups of the out-of-fold predictions." if metrics.get("folds") else
+         "- The accuracy interval is a Wilson interval over held-out images (images of one patient are not independent, "
+         "so it is somewhat too narrow); per-site figures come from released counts only."),
         "- This model supports research; it is not a diagnostic device.",
         "",
     ]

@@ -63,3 +63,28 @@ def test_options_left_at_defaults_do_not_override_a_config_file() -> None:
 
     assert CliRunner().invoke(app, ["--seed", "3"]).exit_code == 0
     assert seen == {"seed": 3, "loso": True}
+
+
+def test_a_site_refuses_a_run_built_for_another_version_or_other_code() -> None:
+    from xincept import __version__
+    from xincept.common.errors import SettingError
+    from xincept.common.versions import check_pushed_app, code_hash
+
+    check_pushed_app(__version__, code_hash(), "site-a")  # the same release: accepted
+    with pytest.raises(SettingError, match="site-a runs xincept"):
+        check_pushed_app("0.0.0-other", code_hash(), "site-a")
+    with pytest.raises(SettingError, match="differs from the code installed here"):
+        check_pushed_app(__version__, "0" * 64, "site-a")
+    with pytest.raises(SettingError, match="does not say"):
+        check_pushed_app(None, None, "site-a")
+
+
+def test_central_dp_wraps_the_aggregation_rule() -> None:
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedTrimmedAvg
+
+    from xincept.common.fedconfig import FedSettings
+    from xincept.server.strategies import inner, make_strategy
+
+    s = make_strategy(FedSettings(central_dp_noise=0.5, central_dp_clip=2.0, strategy="trimmed-mean"), 4)
+    assert isinstance(s, DifferentialPrivacyServerSideFixedClipping) and isinstance(inner(s), FedTrimmedAvg)
+    assert s.noise_multiplier == 0.5 and s.clipping_norm == 2.0

@@ -27,7 +27,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     audit = tmp / "audit.jsonl"
     os.environ["XINCEPT_AUDIT_LOG"] = str(audit)
     try:
-        settings = FedSettings(out_dir=str(tmp / "out"), rounds=2, dp_epsilon=8.0, loso=True, **TINY)
+        settings = FedSettings(out_dir=str(tmp / "out"), rounds=2, dp_epsilon=8.0, loso=True, central_dp_noise=0.1, **TINY)
         metrics = run_simulated_federation(data, 3, "iid", settings, cache_dir=tmp / "cache", reference=False,
                                            client_mods=[nan_update_mod("site-1")])
     finally:
@@ -41,6 +41,7 @@ def test_nan_update_is_rejected_and_the_rounds_complete(run: dict) -> None:
     assert all(r["rejected"] == ["site-1"] for r in m["rounds"])
     assert "non-finite" in m["rejected_updates"]["site-1"][0]
     assert set(m["rounds"][0]["update_norm"]) == {"site-0", "site-2"}
+    assert m["central_dp"]["noise_multiplier"] == 0.1  # Flower's server-side DP wrapper aggregated the rounds
 
 
 def test_privacy_budget_is_recorded_and_never_exceeded(run: dict) -> None:

@@ -16,6 +16,7 @@ from xincept.client.task import (LocalSite, join_info, load_local_site, local_ev
                                  train_feature_sums, xgb_bagging_round, xgb_histogram)
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
+from xincept.common.versions import check_pushed_app
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def _local(msg: Message, context: Context, partition_dir: Path | None) -> LocalS
     settings = FedSettings.from_flat(dict(cfg))
     classes = tuple(cfg["classes"]) if "classes" in cfg and cfg["classes"] else None
     name, data_dir, manifest = _site_of(context, partition_dir)
+    check_pushed_app(str(cfg["xincept-version"]) if "xincept-version" in cfg else None,
+                     str(cfg["code-hash"]) if "code-hash" in cfg else None, name)
     nc = context.node_config
     return load_local_site(name, data_dir, manifest, classes, settings,
                            str(nc["cache-dir"]) if nc.get("cache-dir") else None,

@@ -65,6 +65,8 @@ class FedSettings:
     dp_epsilon: float = 0.0  # DP-SGD target epsilon per site for the whole run (0: off)
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    central_dp_noise: float = 0.0  # central DP (Flower's server-side fixed clipping wrapper): noise multiplier; 0 = off
+    central_dp_clip: float = 1.0  # central DP: clipping norm of each site's update
     dp_trainings: int = 1  # trainings that share each site's budget (set by the server: 1 + leave-one-site-out runs)
     loso: bool = False  # leave-one-site-out models in the validate phase (simulate turns it on)
     local_only: bool = True  # each site's local-only model, scored at that site only

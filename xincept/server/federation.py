@@ -27,7 +27,7 @@ from xincept.common.head import add_sums, sums_to_mean_std
 from xincept.common.metrics import wilson_interval
 from xincept.common.model import XinceptModel
 from xincept.common.report import write_reports
-from xincept.common.versions import package_versions
+from xincept.common.versions import code_hash, package_versions
 from xincept.common.xgb_federated import booster_from_raw
 from xincept.server.checkpoint import load_checkpoint
 from xincept.server.head_rounds import HeadResult, StoppedAfterRound, run_head_rounds, state_bytes  # noqa: F401
@@ -105,6 +105,7 @@ def check_sites(sites: list[Site]) -> list[str]:
 
 def _config(settings: FedSettings, classes: list[str] | None, **extra: Any) -> ConfigRecord:
     flat = settings.client_flat()
+    flat.update({"xincept-version": __version__, "code-hash": code_hash()})  # sites refuse a run built for other code
     if classes:
         flat["classes"] = list(classes)
     flat.update(extra)
@@ -239,6 +240,10 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
                        "withheld_cells": int(glob.get("withheld_cells", 0))},
         "rejected_updates": result.rejected,
         **({"privacy": privacy} if privacy else {}),
+        **({"central_dp": {"noise_multiplier": settings.central_dp_noise, "clipping_norm": settings.central_dp_clip,
+                           "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping (Gaussian noise on the clipped sum)",
+                           "note": "the spent epsilon depends on the sampling of sites; with all sites every round it is not amplified"}}
+           if settings.central_dp_noise > 0 else {}),
         "rounds": rounds,
         "communication": {"bytes_per_site_per_round": nbytes, "bytes_per_site_per_round_both_ways": 2 * nbytes,
                           "full_model_bytes": nbytes + int(sites[0].info.get("backbone_bytes", 0)),

@@ -19,7 +19,7 @@ from xincept.common.fedconfig import FedSettings
 from xincept.common.site_counts import pooled_metrics
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
-from xincept.server.strategies import make_strategy, restore_strategy_state, strategy_state
+from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, strategy_state
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
     for r in range(start, settings.rounds + 1):
         tr = time.perf_counter()
         arrays = ArrayRecord(state)
-        if hasattr(strategy, "current_arrays"):  # FedOpt family: the arrays the deltas are taken against
-            strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        set_current(strategy, arrays)
         replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**{"server-round": r})}),
                       settings.round_timeout)
         accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
@@ -88,7 +87,8 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             result.rejected.setdefault(site, []).append(f"round {r}: {why}")
         if not accepted:
             raise XinceptError(f"{label} round {r}: every update was rejected ({rejected})")
-        agg, _ = strategy.aggregate_train(r, list(accepted.values()))
+        ordered = [accepted[n] for n in sorted(accepted, key=lambda n: nodes[n])]  # fixed order: sums are reproducible
+        agg, _ = strategy.aggregate_train(r, ordered)
         if agg is None:
             raise XinceptError(f"{label} round {r}: no update could be aggregated")
         state = agg.to_torch_state_dict()

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedTrimmedAvg, Krum
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import (DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx, FedTrimmedAvg, Krum,
+                                     Strategy)
 
 from xincept.common.fedconfig import FedSettings
 
 
-def make_strategy(settings: FedSettings, n_sites: int) -> FedAvg:
+def make_strategy(settings: FedSettings, n_sites: int) -> Strategy:
+    """The aggregation rule, wrapped in Flower's server-side fixed-clipping DP when ``central-dp-noise`` > 0."""
+    base = _base_strategy(settings, n_sites)
+    if settings.central_dp_noise > 0:
+        return DifferentialPrivacyServerSideFixedClipping(base, noise_multiplier=settings.central_dp_noise,
+                                                         clipping_norm=settings.central_dp_clip, num_sampled_clients=n_sites)
+    return base
+
+
+def inner(strategy: Strategy) -> Strategy:
+    """The aggregation rule inside a DP wrapper (or the strategy itself)."""
+    return getattr(strategy, "strategy", strategy)
+
+
+def set_current(strategy: Strategy, arrays: ArrayRecord) -> None:
+    """Tell the strategy the global arrays that this round's updates start from (our loop calls aggregate_train only)."""
+    if isinstance(strategy, DifferentialPrivacyServerSideFixedClipping):
+        strategy.current_arrays = arrays
+    base = inner(strategy)
+    if hasattr(base, "current_arrays"):  # FedOpt family: the arrays the deltas are taken against
+        base.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+
+
+def _base_strategy(settings: FedSettings, n_sites: int) -> FedAvg:
     """FedAvg (default), FedProx, FedAdam, or a robust rule (trimmed mean, Krum); weighted by training images."""
     common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n_sites, min_evaluate_nodes=n_sites,
                   min_available_nodes=n_sites, weighted_by_key="num-examples")
@@ -23,11 +48,12 @@ def make_strategy(settings: FedSettings, n_sites: int) -> FedAvg:
     return FedAvg(**common)
 
 
-def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
+def strategy_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
     """Server optimiser moments (FedAdam m_t, v_t) to checkpoint; empty for FedAvg and FedProx."""
-    return {name: dict(getattr(strategy, name)) for name in ("m_t", "v_t") if getattr(strategy, name, None)}
+    base = inner(strategy)
+    return {name: dict(getattr(base, name)) for name in ("m_t", "v_t") if getattr(base, name, None)}
 
 
-def restore_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
+def restore_strategy_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -> None:
     for name, value in state.items():
-        setattr(strategy, name, {k: np.asarray(v) for k, v in value.items()})
+        setattr(inner(strategy), name, {k: np.asarray(v) for k, v in value.items()})

@@ -40,7 +40,7 @@ def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSetti
     for r in range(1, settings.xgb_bagging_rounds + 1):
         content = RecordDict({"arrays": arrays, "config": config(booster=raw or b"")})
         replies = ask(grid, nodes, "train.xgb_bagging", content, settings.xgb_timeout)
-        order = sorted(replies)
+        order = sorted(replies, key=lambda n: nodes[n])  # by site name: the same merge in every run
         raw = merge_bagging(raw, [bytes(replies[n].content["booster"]["json"]) for n in order],
                             [n_train[nodes[n]] / total for n in order])
         val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": arrays, "config": config(split="val", booster=raw)}),
@@ -69,7 +69,7 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
         start_tracker(len(nodes), port, tls, timeout=int(settings.xgb_timeout))
         address = f"{settings.public_host}:{port}"
         msgs = {}
-        for rank, node in enumerate(sorted(nodes)):
+        for rank, node in enumerate(sorted(nodes, key=lambda n: nodes[n])):  # ranks by site name
             extra = {"xgb-address": address, "xgb-rank": rank, "xgb-world": len(nodes)}
             if tls is not None:
                 extra["xgb-tls-dir"] = str(tls.resolve())

@@ -145,4 +145,5 @@ def test_explain_writes_grad_cam_overlays(trained: dict, tmp_path: Path) -> None
 def test_grad_cam_on_a_real_blood_smear_is_not_constant(trained: dict, all4: Path, tmp_path: Path) -> None:
     image = sorted((all4 / "Pro").glob("*.jpg"))[0]
     row = _explain_and_check(trained, image, tmp_path / "cam")
-    assert all(v > 0.01 for v in row["heatmap_std"].values()), row["heatmap_std"]
+    assert row["heatmap_std"]["fused"] > 0.01, row["heatmap_std"]
+    assert all(v > 0.01 for k, v in row["heatmap_std"].items() if k not in row["no_positive_evidence"])

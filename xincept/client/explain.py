@@ -42,6 +42,7 @@ def explain_images(model_dir: Path, images: list[Path], out: Path, weights_dir: 
         rows.append({"image": str(path), "class": model.classes[exp.target], "overlay": str(out / name),
                      "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, exp.proba)},
                      "heatmap_std": {k: float(v.std()) for k, v in {**exp.heatmaps, "fused": exp.fused}.items()},
+                     "no_positive_evidence": exp.no_evidence,
                      "explains": "the fused head's logit for the class the bundle's classifier predicts (XGBoost is not differentiable)",
                      **({"warning": meta["warning"]} if meta.get("warning") else {})})
     write_json_atomic(out / "explanations.json", rows)

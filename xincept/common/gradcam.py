@@ -29,6 +29,7 @@ class Explanation:
     fused: np.ndarray  # (H, W) in [0, 1]
     target: int
     proba: np.ndarray
+    no_evidence: list[str]  # backbones whose map has no region that raises the class score (ReLU of the CAM is all zero)
 
 
 def _place(cam: torch.Tensor, backbone: Backbone, height: int, width: int) -> np.ndarray:
@@ -71,13 +72,15 @@ def explain_image(model: XinceptModel, backbones: list[Backbone], path: Path, ta
     target = int(proba.argmax()) if target is None else int(target)
     logits = head(pooled)
     logits[0, target].backward()
-    heatmaps = {}
+    heatmaps, no_evidence = {}, []
     for b, fmap in zip(backbones, maps):
         weights = fmap.grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
         cam = torch.relu((weights * fmap.detach()).sum(1))[0]  # (h, w)
+        if float(cam.max()) <= 0:
+            no_evidence.append(b.name)
         heatmaps[b.name] = _normalise(_place(cam, b, height, width))
     fused = _normalise(np.mean(list(heatmaps.values()), axis=0))
-    return Explanation(np.asarray(rgb), heatmaps, fused, target, proba)
+    return Explanation(np.asarray(rgb), heatmaps, fused, target, proba, no_evidence)
 
 
 def overlay_png(exp: Explanation, classes: list[str], title: str) -> bytes:
@@ -95,7 +98,7 @@ def overlay_png(exp: Explanation, classes: list[str], title: str) -> bytes:
         ax.imshow(exp.image)
         if cam is not None:
             ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name + ("\n(no region raises this class)" if name in exp.no_evidence else ""), fontsize=9)
         ax.axis("off")
     probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(classes, exp.proba))
     fig.suptitle(f"{title}: explained class {classes[exp.target]} ({probs})", fontsize=9)

@@ -8,12 +8,19 @@ cache="${1:-${XINCEPT_CACHE_DIR:-$HOME/.cache/xincept}}"
 data="${XINCEPT_BENCH_DATA:-../shared/datasets/all4}"
 res=bench/results
 mkdir -p "$res"
-run() { local name=$1; shift; echo "== $name: $*" >&2; "$@" > "$res/$name.json.tmp" && mv "$res/$name.json.tmp" "$res/$name.json"; }
+only="${XINCEPT_BENCH_ONLY:-}"  # e.g. "centralized scale": run only these (names as in bench/results/NAME.json)
+run() {
+  local name=$1; shift
+  if [[ -n "$only" && " $only " != *" $name "* ]]; then return 0; fi
+  echo "== $name: $*" >&2; "$@" > "$res/$name.json.tmp" && mv "$res/$name.json.tmp" "$res/$name.json"
+}
 fed() { local name=$1; shift; run "fed_$name" python bench/federation.py --name "$name" --data "$data" --cache-dir "$cache" "$@"; }
 
 run dp python bench/dp.py
 fed iid --sites 4 --partition iid --no-loso
+fed iid_timing --sites 4 --partition iid --no-loso --no-reference   # wall time of the federation alone
 fed dirichlet --sites 4 --partition dirichlet:0.5
+for seed in 1 2; do fed "dirichlet_seed$seed" --sites 4 --partition dirichlet:0.5 --no-loso --seed "$seed"; done
 fed labelskew --sites 4 --partition label-skew:2 --no-loso
 fed bagging_iid --sites 4 --partition iid --xgb-mode bagging --no-loso
 fed bagging_dirichlet --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso

@@ -43,6 +43,7 @@ def simulate(
     precision: PrecisionOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
     loso: Annotated[bool, typer.Option("--loso/--no-loso", help="Leave-one-site-out models in the validate phase.")] = True,
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also train the centralized reference on the same splits (the cost of federation).")] = True,
     disclosure: DisclosureOpt = "suppress",
     min_cell_count: MinCellOpt = 5,
     dp_epsilon: DpEpsilonOpt = 0.0,
@@ -68,7 +69,8 @@ def simulate(
         merged.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False)
         merged.setdefault("rounds", 10)
     settings = FedSettings.from_flat(merged)
-    metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir)
+    metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir,
+                                       reference=reference)
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]
     ref = metrics.get("centralized_reference", {}).get("head_softmax")

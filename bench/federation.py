@@ -65,8 +65,10 @@ def main() -> None:
            "--no-pretrained", "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), *extra]
     measured = run_measured(cmd, out.parent / f"{out.name}.log", args.timeout)
     if measured["exit_code"] != 0:
-        print(json.dumps({"name": args.name, "error": f"simulate exited {measured['exit_code']}", "log": str(out.parent / f'{out.name}.log'),
-                          **measured}))
+        log = out.parent / f"{out.name}.log"
+        reason = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip().startswith("error:")]
+        print(json.dumps({"name": args.name, "error": (reason[-1] if reason else f"simulate exited {measured['exit_code']}"),
+                          "log": str(log), **measured}))
         sys.exit(1)
     print(json.dumps(summarize(args.name, json.loads((out / "metrics.json").read_text()), measured, args, extra), indent=1))
 

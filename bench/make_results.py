@@ -30,15 +30,15 @@ def ci(pair: list[float] | None) -> str:
 
 
 def federated_table(runs: dict[str, dict]) -> list[str]:
-    out = ["| run | partition | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost | DP epsilon spent (max over sites) | wall time |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| run | partition | seed | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost | DP epsilon spent (max over sites) | wall time |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         if "error" in r:
-            out.append(f"| {name} | | | failed: {r['error']} | | | | |")
+            out.append(f"| {name} | | | | failed: {r['error']} | | | | |")
             continue
         ref = r["centralized_reference"]
         eps = max((p["epsilon"] for p in r["privacy"].values()), default=None)
-        out.append(f"| {name} | {r['partition']['scheme']} | {r['xgb']['mode']} XGBoost on the federated head | {pct(r['accuracy'])} | "
+        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {r['xgb']['mode']} XGBoost on the federated head | {pct(r['accuracy'])} | "
                    f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} | "
                    f"{'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
     return out
@@ -96,7 +96,7 @@ def main() -> None:
              "", "> **Random weights.** No ImageNet weights can be downloaded on the machine that produced these numbers: every backbone "
              "has seeded random weights (`--no-pretrained`), input 224 px. The numbers measure the pipeline and the protocols, "
              "not a clinical model; with pretrained weights accuracy is expected to be higher.", "",
-             "Data: `../shared/datasets/all4` (2,572 images, 2,535 unique; Benign, Early, Pre, Pro). Seed 0 everywhere. "
+             "Data: `../shared/datasets/all4` (2,572 images, 2,535 unique; Benign, Early, Pre, Pro). Seed 0 unless a table says otherwise. "
              "Machine: x86_64, 2 cores, 24 GB, no GPU.", ""]
     lines += ["## Literature (not comparable with our columns)", "",
               "| source | accuracy | protocol |", "|---|---|---|",
@@ -126,15 +126,26 @@ def main() -> None:
         lines += federated_table(runs)
         lines += ["", f"![accuracy]({plot_accuracy(runs, central)})", ""]
         lines += ["### Time and communication", "",
-                  "| run | embed | head rounds | per round | xgb | validate | total (in the run) | process wall time | centralized reference fit | bytes per site per round | per run |",
+                  "| run | embed | head rounds | per round | xgb | validate | total (in the run) | process wall time | peak memory | bytes per site per round | per run (both ways) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in runs.items():
             if "timing_s" in r:
                 t, c = r["timing_s"], r["communication"]
                 lines.append(f"| {name} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {r['seconds_per_round']:.1f} s | {t['xgb']:.0f} s | "
                              f"{t.get('validate', 0):.0f} s | {t['total']:.0f} s | {r['wall_s']:.0f} s | "
-                             f"{r['centralized_reference'].get('seconds', float('nan')):.0f} s | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
-        lines.append("")
+                             f"{r['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
+        lines += ["", "Process wall time includes Ray start-up, partitioning and (except `iid_timing`, `--no-reference`) the centralized "
+                  "reference fit; `dirichlet` also trains the four leave-one-site-out federations (validate phase). Full model "
+                  f"(backbones + head): {next(iter(runs.values())).get('communication', {}).get('full_model_bytes', 0):,} bytes.", ""]
+        timing, fusion = runs.get("iid_timing"), (central or {}).get("variants", {}).get("fusion")
+        if timing and fusion and "wall_s" in fusion:
+            lines += ["### Federated vs centralized wall time (same data, warm embedding cache)", "",
+                      "| run | command | wall time |", "|---|---|---|",
+                      f"| federated, 4 simulated sites | {timing['command']} | {timing['wall_s']:.0f} s |",
+                      f"| centralized | {fusion['command']} | {fusion['wall_s']:.0f} s |", "",
+                      f"Ratio federated / centralized: **{timing['wall_s'] / fusion['wall_s']:.2f}** (the centralized command runs grouped "
+                      "5-fold CV, 5 fits plus the scikit-learn comparison and a refit on all images; the federation trains one model "
+                      "with 20 rounds, federated XGBoost and the local-only models).", ""]
         d = runs.get("dirichlet")
         if d and d.get("cross_site"):
             lines += ["### Cross-site validation (Dirichlet 0.5)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
@@ -149,7 +160,14 @@ def main() -> None:
                   f"Materialised per-sample gradients (Opacus hooks) cost {dp.get('hooks_over_plain', 'n/a')}x, a naive per-image "
                   f"backward loop {dp['naive_over_plain']}x.", ""]
     if embed:
-        lines += ["## Embedding throughput", "", "Command: `python bench/embed.py --cache-dir CACHE`", "", "```json", json.dumps(embed, indent=1), "```", ""]
+        lines += ["## Embedding throughput (the speed issue)", "", "Command: `python bench/embed.py --cache-dir CACHE_WITH_FP32_FEATURES`", "",
+                  f"_{embed.get('provenance', '')}_", "",
+                  "| path | images/s (pair, decode included) |", "|---|---|",
+                  f"| naive: {embed['naive']} | {embed['naive_images_per_s']} |",
+                  f"| default: bf16, channels-last, conv+BN folded, prefetch, batch 32, 224 px | {embed['default_images_per_s']} |", "",
+                  f"Speedup {embed['speedup']}x; whole data set ({embed['full_dataset_images']} images) {embed['full_dataset_default_s']:.0f} s, "
+                  f"peak {embed['peak_rss_mb']:.0f} MB; feature cosine vs fp32 >= {embed['feature_cosine_min']}; accuracy delta "
+                  f"{embed['accuracy_delta']} points ({embed['accuracy_protocol']}).", ""]
     if scale:
         lines += ["## Scale: simulated sites on this machine", "", "Command: `python bench/scale.py --cache-dir CACHE` "
                   f"({scale['rounds']} rounds, IID, bagging XGBoost)", "",

@@ -12,7 +12,9 @@ only="${XINCEPT_BENCH_ONLY:-}"  # e.g. "centralized scale": run only these (name
 run() {
   local name=$1; shift
   if [[ -n "$only" && " $only " != *" $name "* ]]; then return 0; fi
-  echo "== $name: $*" >&2; "$@" > "$res/$name.json.tmp" && mv "$res/$name.json.tmp" "$res/$name.json"
+  echo "== $name: $*" >&2
+  if "$@" > "$res/$name.json.tmp"; then mv "$res/$name.json.tmp" "$res/$name.json"
+  else echo "   $name failed; its JSON (with the error) is kept" >&2; mv "$res/$name.json.tmp" "$res/$name.json"; fi
 }
 fed() { local name=$1; shift; run "fed_$name" python bench/federation.py --name "$name" --data "$data" --cache-dir "$cache" "$@"; }
 

@@ -278,12 +278,20 @@ def _warnings(report: ScanReport) -> list[str]:
     return out
 
 
-def require_usable(site: SiteData, min_per_class: int = 2) -> None:
-    """Raise a DataError when a site cannot be trained on."""
+def require_usable(site: SiteData, min_per_class: int = 1) -> None:
+    """Raise a DataError when a site cannot be trained on.
+
+    Absent classes are fine (non-IID sites); a class with a single image is allowed with a warning (in a
+    federation the other sites carry it), unless ``min_per_class`` asks for more.
+    """
     report = site.report
     if not site.records:
         raise DataError(f"no readable images under {report.root}: run `xincept-client check --data {report.root}` for details")
-    thin = {c: n for c, n in report.counts.items() if 0 < n < min_per_class}  # absent classes are fine (non-IID sites)
+    single = {c: n for c, n in report.counts.items() if n == 1}
+    if single:
+        log.warning("class(es) %s under %s have a single image: it lands in one split only; results for that class "
+                    "at this site rest on one image", sorted(single), report.root)
+    thin = {c: n for c, n in report.counts.items() if 0 < n < min_per_class}
     if thin:
         raise DataError(
             f"class(es) {thin} under {report.root} have fewer than {min_per_class} readable images: "

@@ -18,29 +18,31 @@ def _predictions(n: int, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return y, p / p.sum(1, keepdims=True)
 
 
-def test_small_cells_are_withheld_with_a_complementary_cell() -> None:
+def test_small_cells_are_withheld_and_no_withheld_cell_can_be_recovered_from_the_totals() -> None:
     cm = np.array([[40, 2, 0, 9], [0, 30, 0, 0], [1, 0, 3, 0], [0, 0, 0, 25]])
     out = release_confusion(cm, DisclosurePolicy("suppress", 5))
     got = np.array(out["confusion"]).reshape(4, 4)
-    assert got[0, 1] == SUPPRESSED and got[0, 3] == SUPPRESSED  # 2 withheld; 9 withheld too, else 51-40-0-? recovers it
-    assert got[0, 0] == 40 and got[1, 1] == 30 and got[3, 3] == 25
-    assert out["class-counts"][2] == SUPPRESSED  # a class with 4 images: its count is withheld
-    assert got[2, 0] == SUPPRESSED and got[2, 2] == SUPPRESSED
-    assert out["n"] == cm.sum() and out["correct"] == np.trace(cm)
+    assert got[0, 1] == SUPPRESSED and got[2, 0] == SUPPRESSED  # off-diagonal 2 and 1: two withheld, sum known only
+    assert got[2, 2] == SUPPRESSED  # diagonal 3 withheld ...
+    assert got[3, 3] == SUPPRESSED  # ... and the smallest released diagonal cell too, else correct - released recovers it
+    assert got[0, 0] == 40 and got[1, 1] == 30 and got[0, 3] == 9
+    assert out["n"] == cm.sum() and out["correct"] == np.trace(cm) and "class-counts" not in out
     released = got[got >= 0]
     assert not ((released > 0) & (released < 5)).any()
+    diag, off = np.eye(4, dtype=bool), ~np.eye(4, dtype=bool)
+    assert (got[diag] == SUPPRESSED).sum() != 1 and (got[off] == SUPPRESSED).sum() != 1
 
 
 def test_a_site_reply_holds_counts_only_and_its_size_does_not_grow_with_images() -> None:
     policy = DisclosurePolicy("suppress", 5)
     small, large = site_counts(*_predictions(40), 4, policy), site_counts(*_predictions(400), 4, policy)
-    assert set(small) == set(large) == {"confusion", "class-counts", "n", "correct", "suppressed", "loss-sum", "roc-pos",
+    assert set(small) == set(large) == {"confusion", "n", "correct", "suppressed", "loss-sum", "roc-pos",
                                         "roc-neg", "rel-count", "rel-correct", "rel-conf-sum", "bins"}
     for key, value in large.items():
         values = value if isinstance(value, list) else [value]
         assert all(isinstance(v, (int, float)) for v in values), key
         assert len(values) == len(small[key] if isinstance(small[key], list) else [small[key]]), key  # fixed size
-    for key in ("confusion", "class-counts", "roc-pos", "roc-neg", "rel-count", "rel-correct"):
+    for key in ("confusion", "roc-pos", "roc-neg", "rel-count", "rel-correct"):
         arr = np.asarray(small[key])
         assert not ((arr > 0) & (arr < 5)).any(), key  # every count below the threshold is withheld
 

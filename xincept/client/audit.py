@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
-COUNT_KEYS = {"confusion", "class-counts", "n", "correct", "suppressed", "loss-sum", "roc-pos", "roc-neg", "rel-count",
+COUNT_KEYS = {"confusion", "n", "correct", "suppressed", "loss-sum", "roc-pos", "roc-neg", "rel-count",
               "rel-correct", "rel-conf-sum", "bins"}
 ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record name -> allowed keys (None: checked apart)
     "query.join": {"info": None, "metrics": {"counts", "n-train", "n-val", "n-test", "n-groups", "backbone_bytes"}},

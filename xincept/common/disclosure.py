@@ -3,11 +3,12 @@
 A site's confusion matrix is small-count data about its patients: a cell of 1 or 2 can identify
 a person when combined with other knowledge. Before counts leave a site they pass through one of:
 
-- ``suppress`` (default): cells in 1..threshold-1 are withheld (sent as -1). When a row total is
-  released and exactly one cell of that row is withheld, the next-smallest non-zero cell is
-  withheld too (complementary suppression), so subtraction cannot recover the first. Row totals
-  (per-class counts) below the threshold are withheld as well. The total and the number correct
-  are released: they are what accuracy needs and are large aggregates.
+- ``suppress`` (default): cells in 1..threshold-1 are withheld (sent as -1). Only two totals are
+  released besides the cells: the number of images and the number correct (what accuracy needs).
+  They let anyone compute the sum of the withheld diagonal cells and the sum of the withheld
+  off-diagonal cells, so when exactly one cell of either set is withheld, the smallest released
+  non-zero cell of that set is withheld too (complementary suppression). Per-class totals are not
+  released (a row total would expose a lone withheld cell in its row).
 - ``laplace``: every cell gets Laplace noise of scale 2/epsilon (moving one image between cells
   changes the matrix by 2 in L1), rounded and clipped at zero; totals are computed from the noisy
   cells, so the whole release is epsilon-differentially private per image.
@@ -49,38 +50,31 @@ class DisclosurePolicy:
         return "exact counts (no disclosure control)"
 
 
-def _suppress(cm: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = cm.sum(1)
-    out = cm.copy()
+def _suppress(cm: np.ndarray, threshold: int) -> np.ndarray:
+    """Primary suppression of small cells, then complementary suppression against the released totals."""
     hidden = (cm > 0) & (cm < threshold)
-    row_hidden = rows < threshold
-    for i in range(cm.shape[0]):
-        if row_hidden[i] or hidden[i].sum() != 1:
-            continue
-        candidates = [(cm[i, j], j) for j in range(cm.shape[1]) if not hidden[i, j] and cm[i, j] > 0]
-        if candidates:  # a lone withheld cell is recoverable from the row total: withhold a second one
-            hidden[i, min(candidates)[1]] = True
-        else:
-            row_hidden[i] = True
+    diag = np.eye(cm.shape[0], dtype=bool)
+    for part in (diag, ~diag):  # sum of withheld cells in each part is known from n and correct
+        if (hidden & part).sum() == 1:
+            candidates = np.argwhere(part & ~hidden & (cm > 0))
+            if len(candidates):
+                i, j = min(candidates, key=lambda ij: cm[ij[0], ij[1]])
+                hidden[i, j] = True
+    out = cm.copy()
     out[hidden] = SUPPRESSED
-    totals = np.where(row_hidden, SUPPRESSED, rows)
-    return out, totals
+    return out
 
 
 def release_confusion(cm: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """The counts a site may send: ``confusion`` (flattened, -1 = withheld), ``class-counts``, ``n``, ``correct``."""
+    """The counts a site may send: ``confusion`` (flattened, -1 = withheld), ``n``, ``correct``, ``suppressed``."""
     cm = np.asarray(cm, dtype=np.int64)
     if policy.kind == "laplace":
         rng = rng or np.random.default_rng()
         noisy = np.clip(np.rint(cm + rng.laplace(0.0, 2.0 / policy.epsilon, cm.shape)), 0, None).astype(np.int64)
-        return {"confusion": noisy.reshape(-1).tolist(), "class-counts": noisy.sum(1).tolist(), "n": int(noisy.sum()),
-                "correct": int(np.trace(noisy)), "suppressed": 0}
-    if policy.kind == "suppress":
-        released, totals = _suppress(cm, policy.threshold)
-    else:
-        released, totals = cm, cm.sum(1)
-    return {"confusion": released.reshape(-1).tolist(), "class-counts": np.asarray(totals).tolist(), "n": int(cm.sum()),
-            "correct": int(np.trace(cm)), "suppressed": int((released == SUPPRESSED).sum())}
+        return {"confusion": noisy.reshape(-1).tolist(), "n": int(noisy.sum()), "correct": int(np.trace(noisy)), "suppressed": 0}
+    released = _suppress(cm, policy.threshold) if policy.kind == "suppress" else cm
+    return {"confusion": released.reshape(-1).tolist(), "n": int(cm.sum()), "correct": int(np.trace(cm)),
+            "suppressed": int((released == SUPPRESSED).sum())}
 
 
 def confusion_from_release(flat: list[int] | np.ndarray, k: int) -> tuple[np.ndarray, int]:

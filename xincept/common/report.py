@@ -133,6 +133,9 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
         per_class_table(g["per_class"]),
         "",
+        *([f"_{g['withheld_cells']} cell(s) of the sites' matrices were withheld by disclosure control: the per-class figures and "
+           "the matrix below count only released cells (image counts are lower bounds); accuracy above is exact._", ""]
+          if g.get("withheld_cells") else []),
         "## Confusion matrix (held-out predictions, counts of images)",
         "",
         confusion_table(g["confusion"], classes),
@@ -144,10 +147,14 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
             out.append(f"| {f['fold'] + 1} | {f['n_test']} | {_pct(f['accuracy'])} | {_pct(f['head_softmax']['accuracy'])} |")
         out.append("")
     if metrics.get("sites"):
-        out += ["## Results at each site (held-out test split)", "", "| site | test images | accuracy | balanced accuracy | macro F1 |", "|---|---|---|---|---|"]
+        out += ["## Results at each site (held-out test split)", "",
+                "| site | test images | accuracy | balanced accuracy | macro F1 | withheld cells |", "|---|---|---|---|---|---|"]
         for site, m in metrics["sites"].items():
-            out.append(f"| {site} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | {_pct(m['macro_f1'])} |")
-        out.append("")
+            w = int(m.get("withheld_cells") or 0)
+            approx = "≈" if w else ""
+            out.append(f"| {site} | {m['n']} | {_pct(m['accuracy'])} | {approx}{_pct(m['balanced_accuracy'])} | {approx}{_pct(m['macro_f1'])} | {w} |")
+        out += ["", "Accuracy uses each site's exact totals. Where cells were withheld (disclosure control), balanced "
+                "accuracy, F1 and the per-class tables are computed from the released cells only (≈): approximate.", ""]
     if metrics.get("comparison"):
         out += ["## Classifier comparison on the same embeddings and folds", "", "| classifier | accuracy | macro F1 | AUC |", "|---|---|---|---|"]
         for name, m in metrics["comparison"].items():

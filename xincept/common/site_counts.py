@@ -1,7 +1,7 @@
 """What a site's evaluation releases (aggregate counts under disclosure control) and how they pool.
 
 A site turns its predictions into:
-- a confusion matrix, per-class counts, the total and the number correct (``release_confusion``);
+- a confusion matrix, the total and the number correct (``release_confusion``);
 - the summed cross-entropy loss (one number);
 - per class, histograms of the predicted probability among that class's images and among the
   others (``bins`` equal-width bins): enough for pooled one-vs-rest ROC curves and AUC;

@@ -29,4 +29,5 @@ fed bagging_dirichlet --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --n
 for eps in 8 3 1; do fed "dp$eps" --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
 run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
 run scale python bench/scale.py --data "$data" --cache-dir "$cache"
+run scale_32 python bench/scale.py --data "$data" --cache-dir "$cache" --sites 32 --group-block 5
 echo "done: $res" >&2

@@ -1,8 +1,10 @@
 """Scale: the same federation with 2, 4, 8, 16 and 32 simulated sites on this machine.
 
 Prints one JSON object with, per site count, total wall time, time per round and the peak resident
-memory of the whole process tree. IID partitions of the data; `--xgb-mode bagging` because histogram
-XGBoost holds every site online at once (at most 8 in one simulation).
+memory of the whole process tree. IID partitions of the data. The classifier is the head's softmax
+(`--xgb-mode none`) by default: histogram XGBoost holds every site online at once (at most 8 in one
+simulation), and bagging appends K trees per site per round, so its cost grows with sites x rounds
+(8 sites: over 7 minutes for the xgb phase alone); `--xgb-mode bagging` measures that.
 
     python bench/scale.py [--data ../shared/datasets/all4] [--sites 2,4,8,16,32] [--rounds 5]
 """
@@ -27,15 +29,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--xgb-mode", default="none", choices=["none", "bagging"])
+    ap.add_argument("--group-block", type=int, default=25,
+                    help="grouping block; 32 sites need finer groups (5) or some sites get fewer than 5 training images")
     args = ap.parse_args()
     rows = []
     for n in [int(s) for s in args.sites.split(",")]:
         out = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
         cmd = [shutil.which("xincept-server") or "xincept-server", "simulate", "--data", str(args.data), "--sites", str(n),
-               "--partition", "iid", "--no-pretrained", "--rounds", str(args.rounds), "--xgb-mode", "bagging", "--no-loso",
+               "--partition", "iid", "--no-pretrained", "--rounds", str(args.rounds), "--xgb-mode", args.xgb_mode, "--no-loso",
+               "--no-reference", "--group-block", str(args.group_block),
                "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
         measured = run_measured(cmd, out / "bench.log", args.timeout)
-        row = {"sites": n, **measured}
+        row = {"sites": n, "group_block": args.group_block, **measured}
+        if measured["exit_code"] != 0:
+            errors = [ln.strip() for ln in (out / "bench.log").read_text(errors="replace").splitlines() if ln.strip().startswith("error:")]
+            row["error"] = errors[-1][:300] if errors else "see log"
         if measured["exit_code"] == 0:
             m = json.loads((out / "metrics.json").read_text())
             row.update(accuracy=m["global"]["accuracy"], n_test=m["global"]["n"], timing_s=m["timing_s"],
@@ -43,7 +52,7 @@ def main() -> None:
                        min_site_train_images=min(int(v) for v in (m["embedding"][s]["num-examples"] for s in m["embedding"])))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    print(json.dumps({"rounds": args.rounds, "partition": "iid", "xgb_mode": "bagging", "weights": "random",
+    print(json.dumps({"rounds": args.rounds, "partition": "iid", "xgb_mode": args.xgb_mode, "weights": "random",
                       "machine": "2 cores, 24 GB, no GPU", "runs": rows}, indent=1))
 
 

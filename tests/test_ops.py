@@ -36,7 +36,9 @@ def test_a_refused_site_retries_with_backoff_then_gives_up(tmp_path: Path, monke
     from xincept.client import supernode
 
     calls = tmp_path / "calls"
-    fake = [sys.executable, "-c", f"open({str(calls)!r}, 'a').write('x'); print('ERROR : Exit Code: 305'); raise SystemExit(1)"]
+    script = (f"open({str(calls)!r}, 'a').write('x'); print('ERROR : Exit Code: 305'); "
+              "[print('  traceback line', i) for i in range(200)]; raise SystemExit(1)")  # a long traceback follows the marker
+    fake = [sys.executable, "-c", script]
     monkeypatch.setattr(supernode, "supernode_command", lambda opts: fake)
     monkeypatch.setattr(supernode.time, "sleep", lambda s: None)
     opts = supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1", max_retries=3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import shutil
@@ -73,21 +72,19 @@ def supernode_command(opts: NodeOptions) -> list[str]:
 CONNECTION_FAILED = ("Exit Code: 305", "Failed to activate SuperNode")  # printed by flower-supernode (its exit status varies)
 
 
-def _stream(proc: subprocess.Popen) -> tuple[int, list[str]]:
-    """Echo the SuperNode's output to stderr until it exits; keep the last lines to read why it stopped.
+def _stream(proc: subprocess.Popen) -> tuple[int, bool]:
+    """Echo the SuperNode's output to stderr until it exits; return its code and whether it reported a failed connection.
 
     The wait is on the SuperNode itself (its helper processes inherit the pipe and may outlive it); a
     SuperNode that reported a failed connection but does not exit within 15 s is killed. Its process
     group is stopped afterwards.
     """
-    tail: collections.deque[str] = collections.deque(maxlen=80)
     failed_at: list[float] = []
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
-            tail.append(line)
             if not failed_at and any(marker in line for marker in CONNECTION_FAILED):
                 failed_at.append(time.monotonic())
 
@@ -102,7 +99,7 @@ def _stream(proc: subprocess.Popen) -> tuple[int, list[str]]:
                 _kill_group(proc.pid, signal.SIGKILL)
     _kill_group(proc.pid, signal.SIGTERM)  # helpers left in the SuperNode's process group (start_new_session)
     reader.join(timeout=5)
-    return code, list(tail)
+    return code, bool(failed_at)  # seen anywhere in the output: a long traceback after it must not hide it
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -130,12 +127,11 @@ def run_supernode(opts: NodeOptions) -> int:
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
             proc = subprocess.Popen(supernode_command(opts), env=env, start_new_session=True, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace")
-            code, tail = _stream(proc)
+            code, refused = _stream(proc)
             tries += 1
             waited = time.monotonic() - start
             out_of_time = opts.max_wait_time is not None and waited + delay > opts.max_wait_time
             out_of_tries = opts.max_retries is not None and tries > opts.max_retries
-            refused = any(marker in line for line in tail for marker in CONNECTION_FAILED)
             if not refused or out_of_time or out_of_tries:
                 return code
             log.warning("site %s: could not connect to %s or this node was refused (is the server up, and is this node's "

@@ -27,7 +27,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     audit = tmp / "audit.jsonl"
     os.environ["XINCEPT_AUDIT_LOG"] = str(audit)
     try:
-        settings = FedSettings(out_dir=str(tmp / "out"), rounds=2, dp_epsilon=8.0, loso=True, central_dp_noise=0.1, **TINY)
+        # min-cell-count 2: the tiny test splits (about 20 images a site) would otherwise withhold every histogram bin
+        settings = FedSettings(out_dir=str(tmp / "out"), rounds=2, dp_epsilon=8.0, loso=True, central_dp_noise=0.1,
+                               min_cell_count=2, **TINY)
         metrics = run_simulated_federation(data, 3, "iid", settings, cache_dir=tmp / "cache", reference=False,
                                            client_mods=[nan_update_mod("site-1")])
     finally:

@@ -59,17 +59,17 @@ def site_counts(y: np.ndarray, proba: np.ndarray, k: int, policy: DisclosurePoli
     rel_n_p = _protect(rel_n, policy, rng, 2)
     out["rel-count"] = rel_n_p.tolist()
     out["rel-correct"] = _protect(rel_ok, policy, rng, 2).tolist()
-    out["rel-conf-sum"] = np.where(rel_n_p == SUPPRESSED, 0.0, rel_conf).tolist() if policy.kind == "suppress" else rel_conf.tolist()
     if policy.kind == "laplace":  # the mean confidence per bin is released only through the noisy count
-        out["rel-conf-sum"] = ((rel_conf / np.maximum(rel_n, 1)) * np.maximum(rel_n_p, 0)).tolist()
+        rel_conf = rel_conf / np.maximum(rel_n, 1) * np.maximum(rel_n_p, 0)
+    out["rel-conf-sum"] = np.where(rel_n_p == SUPPRESSED, 0.0, rel_conf).tolist()
     out["bins"] = bins
     return out
 
 
-def _clean(values: list[float] | np.ndarray) -> tuple[np.ndarray, int]:
+def _clean(values: list[float] | np.ndarray) -> np.ndarray:
+    """Released counts with withheld ones (-1) counted as 0."""
     arr = np.asarray(values, dtype=float)
-    hidden = arr == SUPPRESSED
-    return np.where(hidden, 0.0, arr), int(hidden.sum())
+    return np.where(arr == SUPPRESSED, 0.0, arr)
 
 
 def roc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -97,11 +97,10 @@ def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[s
         cm, withheld = cm + c, withheld + h
         n, correct, loss = n + int(r["n"]), correct + int(r["correct"]), loss + float(r.get("loss-sum", 0.0))
         if "roc-pos" in r:
-            for acc, key in ((pos, "roc-pos"), (neg, "roc-neg")):
-                vals, h = _clean(r[key])
-                acc += vals.reshape(k, bins)
-            rel_n += _clean(r["rel-count"])[0]
-            rel_ok += _clean(r["rel-correct"])[0]
+            pos += _clean(r["roc-pos"]).reshape(k, bins)
+            neg += _clean(r["roc-neg"]).reshape(k, bins)
+            rel_n += _clean(r["rel-count"])
+            rel_ok += _clean(r["rel-correct"])
             rel_conf += np.asarray(r["rel-conf-sum"], dtype=float)
     m = metrics_from_confusion(cm, classes)
     m["n"], m["accuracy"] = n, (correct / n if n else float("nan"))  # exact, whatever cells were withheld

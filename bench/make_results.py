@@ -29,6 +29,45 @@ def ci(pair: list[float] | None) -> str:
     return "" if not pair else f"{100 * pair[0]:.1f}-{100 * pair[1]:.1f}"
 
 
+def _eps(privacy: dict) -> float | None:
+    """Largest epsilon spent at any site (CV runs: over every fold)."""
+    flat = [p for v in privacy.values() for p in (v.values() if "epsilon" not in v else [v])]
+    return max((p["epsilon"] for p in flat if "epsilon" in p), default=None)
+
+
+def classifier(r: dict) -> str:
+    mode = r.get("xgb_mode") or r.get("xgb", {}).get("mode")
+    if mode == "none":
+        return "head softmax"
+    chosen = r.get("classifier_chosen")
+    chosen = [c for c in (chosen if isinstance(chosen, list) else [chosen]) if c]
+    if not chosen:
+        return f"{mode} XGBoost on the federated head"
+    n_xgb = sum(c == "xgboost" for c in chosen)
+    return (f"{mode} XGBoost or head softmax, by validation accuracy (XGBoost in {n_xgb} of {len(chosen)})" if len(chosen) > 1
+            else f"{'XGBoost (' + mode + ')' if n_xgb else 'head softmax'}, chosen by validation accuracy")
+
+
+def cv_table(runs: dict[str, dict]) -> list[str]:
+    out = ["| run | partition | classifier | accuracy (pooled over 5 folds) | 95% CI (Wilson) | fold mean ± sd | "
+           "centralized, same folds: head / XGBoost / chosen by validation | gap to centralized, same classifier rule (points) | "
+           "DP epsilon spent (max) | wall time (5 runs) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        if "error" in r:
+            out.append(f"| {name} | | | failed: {r['error']} | | | | | | |")
+            continue
+        cv, eps = r["cv"], _eps(r.get("privacy", {}))
+        fed = cv["federated"]
+        head, xgb, sel = (cv.get(f"centralized_{k}", {}) for k in ("head_softmax", "xgboost", "selected"))
+        gap = cv.get("gap_points", {}).get("pooled")
+        out.append(f"| {name} | {r['partition']['scheme']} | {classifier(r)} | {pct(fed['accuracy'])} | {ci(fed['accuracy_ci95'])} | "
+                   f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f} | {pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / "
+                   f"{pct(sel.get('accuracy'))} | "
+                   f"{'-' if gap is None else f'{gap:+.1f}'} | {'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
+    return out
+
+
 def federated_table(runs: dict[str, dict]) -> list[str]:
     out = ["| run | partition | seed | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost | DP epsilon spent (max over sites) | wall time |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -37,8 +76,8 @@ def federated_table(runs: dict[str, dict]) -> list[str]:
             out.append(f"| {name} | | | | failed: {r['error']} | | | | |")
             continue
         ref = r["centralized_reference"]
-        eps = max((p["epsilon"] for p in r["privacy"].values()), default=None)
-        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {r['xgb']['mode']} XGBoost on the federated head | {pct(r['accuracy'])} | "
+        eps = _eps(r["privacy"])
+        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {classifier(r)} | {pct(r['accuracy'])} | "
                    f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} | "
                    f"{'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
     return out
@@ -120,38 +159,56 @@ def main() -> None:
             lines += ["", "Classifiers on the same fused embeddings and folds (thesis Table 5.1, our protocol):", "",
                       "| classifier | accuracy |", "|---|---|"] + [f"| {k} | {pct(v)} |" for k, v in comp.items()]
         lines.append("")
-    if runs:
-        lines += ["## Federated (4 simulated sites, Flower simulation engine)", "",
-                  "Protocol: each site holds out a grouped 20% test split and a grouped 15% validation split of the rest (seed 0); "
-                  "the federated model is scored on the union of the sites' test splits; the centralized reference trains the same "
-                  "model on the pooled training splits and scores it on the same images. Intervals: Wilson over images.", "",
+    cv_runs = {k: v for k, v in runs.items() if "cv" in v or ("error" in v and k.endswith("_cv"))}
+    split_runs = {k: v for k, v in runs.items() if k not in cv_runs}
+    if cv_runs:
+        lines += ["## Federated, grouped 5-fold cross-validation (4 simulated sites, Flower simulation engine)", "",
+                  "Protocol: inside every site, the images are split into 5 grouped stratified folds (groups: runs of 25 consecutive "
+                  "file numbers + exact duplicates); run K holds out every site's fold K for testing and a grouped 15% of the rest "
+                  "for validation (round and XGBoost early stopping), and trains on the remainder. Accuracy is pooled over the five "
+                  "runs' test images (each image tested once); the centralized reference trains the same model on each run's pooled "
+                  "training splits and is scored on the same images. Intervals: Wilson over images. Seed 0 (partition and folds).", "",
+                  "Command: `python bench/federation.py --folds 5 --name NAME --sites 4 --partition P [simulate options]` "
+                  "(each row's options in `bench/run_all.sh`)", ""]
+        lines += cv_table(cv_runs)
+        lines += ["", f"![accuracy]({plot_accuracy(cv_runs, central)})", ""]
+    if split_runs:
+        lines += ["## Federated, single split (fold 0), other seeds and timing runs", "",
+                  "Protocol: each site holds out a grouped 20% test split (fold 0 of the CV above for seed 0) and a grouped 15% "
+                  "validation split of the rest; the federated model is scored on the union of the sites' test splits; the centralized "
+                  "reference trains the same model on the pooled training splits and scores it on the same images. Intervals: Wilson "
+                  "over images. The seed sets partition and splits.", "",
                   "Command: `python bench/federation.py --name NAME --sites 4 --partition P [simulate options]` (see `bench/run_all.sh`)", ""]
-        lines += federated_table(runs)
-        lines += ["", f"![accuracy]({plot_accuracy(runs, central)})", ""]
-        lines += ["### Time and communication", "",
-                  "| run | embed | head rounds | per round | xgb | validate | total (in the run) | process wall time | peak memory | bytes per site per round | per run (both ways) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += federated_table(split_runs)
+        lines.append("")
+    if runs:
+        lines += ["### Time and communication (one run; CV rows: fold 0)", "",
+                  "| run | head strategy | embed | head rounds | rounds | per round | xgb | validate | total (in the run) | process wall time | peak memory | bytes per site per round | per run (both ways) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in runs.items():
-            if "timing_s" in r:
-                t, c = r["timing_s"], r["communication"]
-                lines.append(f"| {name} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {r['seconds_per_round']:.1f} s | {t['xgb']:.0f} s | "
-                             f"{t.get('validate', 0):.0f} s | {t['total']:.0f} s | {r['wall_s']:.0f} s | "
-                             f"{r['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
+            one = r["fold_runs"][0] if "fold_runs" in r else r
+            if "timing_s" in one:
+                t, c = one["timing_s"], one["communication"]
+                strategy = one.get("strategy", "fedavg (before fedsgd)")
+                lines.append(f"| {name} | {strategy} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {c['rounds']} | {one['seconds_per_round']:.2f} s | "
+                             f"{t['xgb']:.0f} s | {t.get('validate', 0):.0f} s | {t['total']:.0f} s | {one['wall_s']:.0f} s | "
+                             f"{one['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
+        first = next((r["fold_runs"][0] if "fold_runs" in r else r) for r in runs.values() if "error" not in r)
         lines += ["", "Process wall time includes Ray start-up, partitioning and (except `iid_timing`, `--no-reference`) the centralized "
                   "reference fit; `dirichlet` also trains the four leave-one-site-out federations (validate phase). Full model "
-                  f"(backbones + head): {next(iter(runs.values())).get('communication', {}).get('full_model_bytes', 0):,} bytes.", ""]
+                  f"(backbones + head): {first.get('communication', {}).get('full_model_bytes', 0):,} bytes.", ""]
         timing, fusion = runs.get("iid_timing"), (central or {}).get("variants", {}).get("fusion")
-        if timing and fusion and "wall_s" in fusion:
+        if timing and fusion and "wall_s" in fusion and "wall_s" in timing:
             lines += ["### Federated vs centralized wall time (same data, warm embedding cache)", "",
                       "| run | command | wall time |", "|---|---|---|",
                       f"| federated, 4 simulated sites | {timing['command']} | {timing['wall_s']:.0f} s |",
                       f"| centralized | {fusion['command']} | {fusion['wall_s']:.0f} s |", "",
                       f"Ratio federated / centralized: **{timing['wall_s'] / fusion['wall_s']:.2f}** (the centralized command runs grouped "
                       "5-fold CV, 5 fits plus the scikit-learn comparison and a refit on all images; the federation trains one model "
-                      "with 20 rounds, federated XGBoost and the local-only models).", ""]
+                      f"({timing['communication']['rounds']} rounds), federated XGBoost and the local-only models).", ""]
         d = runs.get("dirichlet")
         if d and d.get("cross_site"):
-            lines += ["### Cross-site validation (Dirichlet 0.5)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
+            lines += ["### Cross-site validation (Dirichlet 0.5, fold 0)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
                       "|---" * (1 + len(next(iter(d["cross_site"].values())))) + "|"]
             for site, row in d["cross_site"].items():
                 lines.append(f"| {site} | " + " | ".join(pct(v) for v in row.values()) + " |")

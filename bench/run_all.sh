@@ -19,14 +19,16 @@ run() {
 fed() { local name=$1; shift; run "fed_$name" python bench/federation.py --name "$name" --data "$data" --cache-dir "$cache" "$@"; }
 
 run dp python bench/dp.py
-fed iid --sites 4 --partition iid --no-loso
-fed iid_timing --sites 4 --partition iid --no-loso --no-reference   # wall time of the federation alone
-fed dirichlet --sites 4 --partition dirichlet:0.5
+# grouped 5-fold CV (simulate --test-fold 0..4), pooled over every image
+fed dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --no-loso
+fed iid_cv --folds 5 --sites 4 --partition iid --no-loso
+fed labelskew_cv --folds 5 --sites 4 --partition label-skew:2 --no-loso
+fed dirichlet --sites 4 --partition dirichlet:0.5          # the command as is: fold 0, with leave-one-site-out
 for seed in 1 2; do fed "dirichlet_seed$seed" --sites 4 --partition dirichlet:0.5 --no-loso --seed "$seed"; done
-fed labelskew --sites 4 --partition label-skew:2 --no-loso
-fed bagging_iid --sites 4 --partition iid --xgb-mode bagging --no-loso
-fed bagging_dirichlet --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
-for eps in 8 3 1; do fed "dp$eps" --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
+fed iid_timing --sites 4 --partition iid --no-loso --no-reference   # wall time of the federation alone
+fed bagging_iid_cv --folds 5 --sites 4 --partition iid --xgb-mode bagging --no-loso
+fed bagging_dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
+for eps in 8 3 1; do fed "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
 run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
 run scale python bench/scale.py --data "$data" --cache-dir "$cache"
 run scale_32 python bench/scale.py --data "$data" --cache-dir "$cache" --sites 32 --group-block 5

@@ -53,7 +53,44 @@ def test_settings_round_trip_and_config_file(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="unknown setting"):
         load_settings_file(cfg)
     with pytest.raises(SettingError, match="strategy"):
-        FedSettings(strategy="fedsgd")
+        FedSettings(strategy="fedsgdd")
+
+
+def test_auto_strategy_settles_on_fedsgd_or_fedavg_with_dp_and_picks_its_rounds() -> None:
+    s = FedSettings()
+    assert (s.strategy, s.rounds, s.server_lr) == ("fedsgd", 150, 0.02)
+    dp = FedSettings(dp_epsilon=8.0)
+    assert (dp.strategy, dp.rounds, dp.server_lr) == ("fedavg", 20, 0.05)
+    assert FedSettings(strategy="fedavg", rounds=7).rounds == 7
+    assert FedSettings.from_flat(s.to_flat()) == s  # sites receive the settled choice
+    with pytest.raises(SettingError, match="--strategy fedavg"):
+        FedSettings(strategy="fedsgd", dp_epsilon=3.0)
+
+
+def test_fedsgd_site_steps_average_to_the_pooled_gradient_step() -> None:
+    """Example-weighted FedAvg of the sites' w - g_i is w - g over the union: centralized full-batch, exactly."""
+    import numpy as np
+    import torch
+
+    from xincept.common.config import HeadConfig
+    from xincept.common.train_head import gradient_step, new_head
+
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(size=(50, 12)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)]
+    y = rng.integers(0, 3, 50)
+    cfg = HeadConfig(dropout=0.0)
+    start = new_head(feats, 3, cfg).trainable_state()
+
+    def step(rows: slice) -> dict[str, torch.Tensor]:
+        head = new_head(feats, 3, cfg)
+        head.load_state_dict(start)
+        gradient_step(head, [f[rows] for f in feats], y[rows])
+        return head.trainable_state()
+
+    pooled, a, b = step(slice(0, 50)), step(slice(0, 20)), step(slice(20, 50))
+    for k, v in pooled.items():
+        torch.testing.assert_close(0.4 * a[k] + 0.6 * b[k], v, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(pooled[k], start[k]) for k in start)  # the step moved the weights
 
 
 def test_site_mismatch_names_the_site_and_the_difference() -> None:

@@ -43,3 +43,19 @@ def test_holdout_fraction_and_purity() -> None:
     fold = grouped_holdout(y, groups, 0.2, seed=0)
     check_group_purity([fold], groups)
     assert 0.1 < len(fold.test) / len(y) < 0.3
+
+
+def test_site_split_test_folds_are_a_grouped_cross_validation() -> None:
+    from xincept.common.splits import site_split
+
+    y, groups = _data()
+    splits = [site_split(y, groups, 0.2, 0.15, seed=0, test_fold=k) for k in range(5)]
+    tested = np.sort(np.concatenate([s["test"] for s in splits]))
+    assert np.array_equal(tested, np.arange(len(y)))  # every image tested exactly once over the 5 folds
+    for s in splits:
+        parts = [set(np.asarray(groups, dtype=object)[s[k]]) for k in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])  # no group straddles
+        assert sum(len(s[k]) for k in ("train", "val", "test")) == len(y)
+    assert np.array_equal(splits[0]["test"], grouped_holdout(y, groups, 0.2, seed=0).test)  # fold 0 is the default split
+    with pytest.raises(DataError, match="folds 0 to 4"):
+        grouped_holdout(y, groups, 0.2, seed=0, fold=5)

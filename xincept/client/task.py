@@ -24,7 +24,7 @@ from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
 from xincept.common.site_counts import site_counts
-from xincept.common.train_head import softmax, embed_features, predict_logits, train_epochs
+from xincept.common.train_head import embed_features, gradient_step, predict_logits, softmax, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tup
     cfg = settings.run_config(Path(cache_dir) if cache_dir else None, Path(weights_dir) if weights_dir else None)
     site = prepare_site(Path(data_dir), cfg, list(classes) if classes else None, Path(manifest) if manifest else None,
                         show_progress=False)
-    split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed)
+    split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed, settings.test_fold)
     log.info("site %s: %d images (train %d, val %d, test %d)", name, len(site.y), *(len(split[k]) for k in ("train", "val", "test")))
     return LocalSite(name=name, site=site, split=split, settings=settings)
 
@@ -105,7 +105,7 @@ def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead:
 
 def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int,
                 ledger: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """E local epochs from the global head; returns the updated head and training metrics.
+    """E local epochs from the global head (one full-batch gradient step for fedsgd); returns the head and metrics.
 
     With ``dp-epsilon`` set, the epochs are DP-SGD and ``ledger`` (a file on this site's disk) records the
     steps spent; the round is refused when it would overspend the site's budget.
@@ -118,6 +118,9 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
     if s.dp_epsilon > 0:
         loss, dp = _dp_round(local, head, idx, seed, server_round, ledger)
         return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss), **dp}
+    if s.strategy == "fedsgd":
+        loss = gradient_step(head, select(feats, idx), local.site.y[idx], seed=seed)
+        return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss)}
     mu = s.proximal_mu if s.strategy == "fedprox" else 0.0
     loss = train_epochs(head, select(feats, idx), local.site.y[idx], s.local_epochs, head.cfg, seed=seed, prox_mu=mu)
     return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss)}

@@ -11,7 +11,11 @@ from xincept.common.config import (THESIS_BACKBONES, AugmentConfig, BackboneConf
 from xincept.common.disclosure import DisclosurePolicy
 from xincept.common.errors import SettingError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "trimmed-mean", "krum")
+STRATEGIES = ("fedsgd", "fedavg", "fedprox", "fedadam", "trimmed-mean", "krum")
+# What "auto" settles to. fedsgd takes one step per round, so it needs many more rounds than local-epoch rules.
+AUTO_ROUNDS = {"fedsgd": 150}
+AUTO_SERVER_LR = {"fedsgd": 0.02}
+DEFAULT_ROUNDS, DEFAULT_SERVER_LR = 20, 0.05
 
 
 @dataclass(frozen=True)
@@ -19,11 +23,11 @@ class FedSettings:
     """Everything the server decides; sites receive the science part with every message."""
 
     out_dir: str = "runs/federated"
-    rounds: int = 20
-    local_epochs: int = 5
-    strategy: str = "fedavg"
+    rounds: int = 0  # 0: the strategy's default (150 for fedsgd, 20 for the local-epoch rules)
+    local_epochs: int = 5  # local-epoch rules only; fedsgd takes one full-batch gradient step per round
+    strategy: str = "auto"  # auto: fedsgd, or fedavg with dp-epsilon (DP-SGD needs local epochs)
     proximal_mu: float = 0.01
-    server_lr: float = 0.05
+    server_lr: float = 0.0  # server Adam step (fedsgd, fedadam); 0: 0.02 for fedsgd, 0.05 for fedadam
     min_sites: int = 2
     max_update_norm: float = 0.0  # updates farther than this from the global head are rejected (0: no bound)
     max_norm_ratio: float = 10.0  # ... or farther than this many times the round's median distance (3+ sites)
@@ -41,6 +45,7 @@ class FedSettings:
     group_block: int = 25
     test_fraction: float = 0.2
     val_fraction: float = 0.15
+    test_fold: int = 0  # which grouped fold of test-fraction is the test split: runs with 0..k-1 make a k-fold CV
     lr: float = 3e-3  # local Adam learning rate at each site (the centralized baseline keeps 1e-3)
     batch_size: int = 64
     dropout: float = 0.5
@@ -48,6 +53,7 @@ class FedSettings:
     seed: int = 0
     synthetic: bool = False
     xgb_mode: str = "histogram"  # histogram | bagging | none (the head's softmax is the classifier)
+    select_classifier: str = "best-val"  # best-val: XGBoost or the head's softmax, whichever has the better pooled val accuracy | xgboost
     xgb_rounds: int = 300
     xgb_eta: float = 0.1
     xgb_max_depth: int = 4
@@ -72,15 +78,33 @@ class FedSettings:
     local_only: bool = True  # each site's local-only model, scored at that site only
 
     def __post_init__(self) -> None:
+        if self.strategy == "auto":  # settle the automatic choices once, so every log and bundle names the real ones
+            object.__setattr__(self, "strategy", "fedavg" if self.dp_epsilon > 0 else "fedsgd")
         if self.strategy not in STRATEGIES:
-            raise SettingError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
+            raise SettingError(f"strategy={self.strategy!r}: choose auto or one of {STRATEGIES}")
+        if self.rounds == 0:
+            object.__setattr__(self, "rounds", AUTO_ROUNDS.get(self.strategy, DEFAULT_ROUNDS))
+        if self.server_lr == 0:
+            object.__setattr__(self, "server_lr", AUTO_SERVER_LR.get(self.strategy, DEFAULT_SERVER_LR))
         if self.rounds < 1 or self.local_epochs < 1:
             raise SettingError("rounds and local-epochs must be at least 1")
+        from xincept.common.splits import holdout_folds
+
+        if not 0 <= self.test_fold < holdout_folds(self.test_fraction):
+            raise SettingError(f"test-fold={self.test_fold}: a test-fraction of {self.test_fraction} has folds 0 to "
+                               f"{holdout_folds(self.test_fraction) - 1}")
+        if self.server_lr < 0:
+            raise SettingError(f"server-lr={self.server_lr}: give a positive step (or 0 for the strategy's default)")
+        if self.strategy == "fedsgd" and self.dp_epsilon > 0:
+            raise SettingError("strategy fedsgd with dp-epsilon: DP-SGD runs in local epochs; use --strategy fedavg "
+                               "(or leave --strategy out: auto picks fedavg when dp-epsilon is set)")
         if self.min_sites < 1:
             raise SettingError("min-sites must be at least 1")
         self.disclosure_policy()  # validates the disclosure settings
         if self.select_round not in ("best-val", "last"):
             raise SettingError(f"select-round={self.select_round!r}: choose best-val or last")
+        if self.select_classifier not in ("best-val", "xgboost"):
+            raise SettingError(f"select-classifier={self.select_classifier!r}: choose best-val or xgboost")
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
 
@@ -93,7 +117,7 @@ class FedSettings:
 
     def client_flat(self) -> dict[str, Any]:
         """The part every site needs (no server paths)."""
-        keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction",
+        keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction", "test_fold",
                 "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
                 "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout",
                 "disclosure", "min_cell_count", "disclosure_epsilon", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_trainings", "rounds")

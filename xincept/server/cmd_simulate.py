@@ -11,9 +11,13 @@ from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputS
                                 VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging)
 from xincept.common.config import THESIS_BACKBONES
 
-RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head.")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head (0: 150 for fedsgd, 20 for the others).")]
 EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round at each site.")]
-StrategyOpt = Annotated[str, typer.Option("--strategy", help="fedavg, fedprox, fedadam, or a robust rule: trimmed-mean, krum.")]
+TestFoldOpt = Annotated[int, typer.Option("--test-fold", help="Which grouped fold (0-4 at the default 20% test split) each site "
+                        "holds out for testing: runs with folds 0 to 4 make a grouped 5-fold cross-validation.")]
+StrategyOpt = Annotated[str, typer.Option("--strategy", help="auto (fedsgd; fedavg with --dp-epsilon), fedsgd (one full-batch gradient "
+                        "step per round, server Adam: matches centralized training), fedavg, fedprox, fedadam, or a robust rule: "
+                        "trimmed-mean, krum.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
 XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
 DisclosureOpt = Annotated[str, typer.Option("--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
@@ -30,9 +34,9 @@ def simulate(
     sites: Annotated[int, typer.Option("--sites", "-n", help="Number of simulated hospital sites.")] = 4,
     partition: Annotated[str, typer.Option("--partition", help="iid, dirichlet:ALPHA, label-skew:K or folders (whole patient groups per site).")] = "iid",
     demo: Annotated[bool, typer.Option("--demo", help="Generate a small SYNTHETIC image set (no data needed) with tiny backbones: a quick offline demonstration.")] = False,
-    rounds: RoundsOpt = 20,
+    rounds: RoundsOpt = 0,
     local_epochs: EpochsOpt = 5,
-    strategy: StrategyOpt = "fedavg",
+    strategy: StrategyOpt = "auto",
     xgb_mode: XgbModeOpt = "histogram",
     no_pretrained: NoPretrainedOpt = False,
     weights_dir: WeightsDirOpt = None,
@@ -42,6 +46,7 @@ def simulate(
     group_block: GroupBlockOpt = 25,
     precision: PrecisionOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
+    test_fold: TestFoldOpt = 0,
     loso: Annotated[bool, typer.Option("--loso/--no-loso", help="Leave-one-site-out models in the validate phase.")] = True,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also train the centralized reference on the same splits (the cost of federation).")] = True,
     disclosure: DisclosureOpt = "suppress",
@@ -58,7 +63,7 @@ def simulate(
     from xincept.server.simulate import run_simulated_federation
 
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, backbones=backbones, input_size=input_size,
-                                group_block=group_block, precision=precision, seed=seed, resume=resume, xgb_mode=xgb_mode, loso=loso,
+                                group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
                                 disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),
                            always=("loso",))  # leave-one-site-out is always on in simulation unless --no-loso
     values.update(out_dir=str(out), min_sites=sites)

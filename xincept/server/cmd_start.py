@@ -15,9 +15,9 @@ from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, D
 @friendly_errors
 def start(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (bundle, metrics, checkpoints, SuperLink state).")],
-    rounds: RoundsOpt = 20,
+    rounds: RoundsOpt = 0,
     local_epochs: EpochsOpt = 5,
-    strategy: StrategyOpt = "fedavg",
+    strategy: StrategyOpt = "auto",
     xgb_mode: XgbModeOpt = "histogram",
     min_sites: Annotated[int, typer.Option("--min-sites", help="Sites that must join before training starts.")] = 2,
     join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,

@@ -23,6 +23,7 @@ from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
+from xincept.common.splits import holdout_folds
 from xincept.common.head import add_sums, sums_to_mean_std
 from xincept.common.metrics import wilson_interval
 from xincept.common.model import XinceptModel
@@ -123,7 +124,27 @@ def train_global_model(grid: Grid, nodes: dict[int, str], settings: FedSettings,
     if settings.xgb_mode != "none":
         booster_raw, xgb_info = run_xgb_phase(ask, grid, nodes, settings, result.state, config,
                                               {nodes[n]: n_train[nodes[n]] for n in nodes})
+        if settings.select_classifier == "best-val":
+            booster_raw = choose_classifier(grid, nodes, settings, classes, result.state, booster_raw, config, xgb_info, label)
     return result, booster_raw, xgb_info
+
+
+def choose_classifier(grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str], state: dict,
+                      booster_raw: bytes, config: Any, xgb_info: dict[str, Any], label: str) -> bytes | None:
+    """Keep XGBoost unless the head's own softmax has the better validation accuracy pooled over the sites.
+
+    XGBoost is fitted on embeddings of the very images the head was trained on, which the head separates
+    almost perfectly; on some splits it then generalises worse than the head. Validation images decide
+    (never test images); ties keep XGBoost, the thesis' classifier. Returns the booster, or None for the softmax.
+    """
+    _, head_val = score_at_sites(ask, grid, nodes, settings, classes, state, None, config, split="val")
+    _, xgb_val = score_at_sites(ask, grid, nodes, settings, classes, state, booster_raw, config, split="val")
+    chosen = "head_softmax" if head_val["accuracy"] > xgb_val["accuracy"] else "xgboost"
+    xgb_info["selection"] = {"rule": "best pooled validation accuracy (ties: xgboost)", "chosen": chosen,
+                             "val_accuracy": {"xgboost": xgb_val["accuracy"], "head_softmax": head_val["accuracy"]}}
+    log.info("%s classifier: %s (validation accuracy: XGBoost %.3f, head softmax %.3f)", label, chosen, xgb_val["accuracy"],
+             head_val["accuracy"])
+    return booster_raw if chosen == "xgboost" else None
 
 
 def privacy_by_site(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -216,19 +237,23 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     weights = "random" if any(s.info.get("weights") == "random" for s in sites) else "pretrained"
     protocol = {
         "kind": "federated-site-holdout",
-        "description": (f"each site holds out a grouped {settings.test_fraction:.0%} test split (seed {settings.seed}; groups: runs of "
+        "description": (f"each site holds out a grouped {settings.test_fraction:.0%} test split (fold {settings.test_fold} of "
+                        f"{holdout_folds(settings.test_fraction)}, seed {settings.seed}; groups: runs of "
                         f"{settings.group_block} consecutive file numbers or the manifest's group column, duplicates merged) and a grouped "
                         f"{settings.val_fraction:.0%} validation split of the rest; the global model is scored on every site's test split; "
                         "global metrics pool the sites' confusion matrices; the accuracy interval is a Wilson interval over images"),
         "seed": settings.seed, "test_fraction": settings.test_fraction, "val_fraction": settings.val_fraction,
-        "group_block": settings.group_block,
+        "test_fold": settings.test_fold, "folds": holdout_folds(settings.test_fraction), "group_block": settings.group_block,
     }
     metrics = {
         "protocol": protocol,
         "weights": weights,
-        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x {settings.local_epochs} local epochs, "
+        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x "
+                       + ("one full-batch gradient step, server Adam" if settings.strategy == "fedsgd"
+                          else f"{settings.local_epochs} local epochs") + ", "
                         f"round {selected_round} selected by {settings.select_round})"
-                       + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")),
+                       + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")
+                       + (" (chosen by pooled validation accuracy)" if "selection" in xgb_info else "")),
         "global": glob,
         "head_softmax": {"global": {k: head_glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "n")},
                          "sites": {s: {"accuracy": v["accuracy"], "n": v["n"]} for s, v in head_sites.items()}},

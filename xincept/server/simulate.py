@@ -120,12 +120,17 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
     cfg = settings.run_config(cache_dir, weights_dir)
     cfg = replace(cfg, head=replace(cfg.head, lr=HeadConfig().lr))  # exactly what `xincept-server centralized` trains
     model = fit_model(feats, None, y, idx["train"], idx["val"], classes, cfg)
-    test_feats = [f[idx["test"]] for f in feats]
+    test_feats, val_feats = [f[idx["test"]] for f in feats], [f[idx["val"]] for f in feats]
     out = {}
     for name, proba in (("head_softmax", model.head_proba(test_feats)), ("xgboost", model.predict_proba(test_feats))):
         m = classification_metrics(y[idx["test"]], proba, classes)
         m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
         out[name] = m
+    val_acc = {name: float((proba.argmax(1) == y[idx["val"]]).mean())
+               for name, proba in (("head_softmax", model.head_proba(val_feats)), ("xgboost", model.predict_proba(val_feats)))}
+    if settings.select_classifier == "best-val":  # the federation's rule: the better validation accuracy, ties XGBoost
+        chosen = "head_softmax" if val_acc["head_softmax"] > val_acc["xgboost"] else "xgboost"
+        out["selected"] = {**out[chosen], "classifier": chosen, "val_accuracy": val_acc}
     fed_model = Path(settings.out_dir) / "model"
     if (fed_model / "xgb.json").is_file():  # centralized XGBoost on the federated head's own embeddings
         from xincept.common.bundle import read_bundle

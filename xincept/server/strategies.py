@@ -10,6 +10,9 @@ from flwr.serverapp.strategy import (DifferentialPrivacyServerSideFixedClipping,
 from xincept.common.fedconfig import FedSettings
 
 
+FEDSGD_TAU = 1e-8
+
+
 def make_strategy(settings: FedSettings, n_sites: int) -> Strategy:
     """The aggregation rule, wrapped in Flower's server-side fixed-clipping DP when ``central-dp-noise`` > 0."""
     base = _base_strategy(settings, n_sites)
@@ -34,11 +37,15 @@ def set_current(strategy: Strategy, arrays: ArrayRecord) -> None:
 
 
 def _base_strategy(settings: FedSettings, n_sites: int) -> FedAvg:
-    """FedAvg (default), FedProx, FedAdam, or a robust rule (trimmed mean, Krum); weighted by training images."""
+    """FedSGD with server Adam (default), FedAvg, FedProx, FedAdam, or a robust rule (trimmed mean, Krum); weighted by training images."""
     common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n_sites, min_evaluate_nodes=n_sites,
                   min_available_nodes=n_sites, weighted_by_key="num-examples")
     if settings.strategy == "fedprox":
         return FedProx(proximal_mu=settings.proximal_mu, **common)
+    if settings.strategy == "fedsgd":  # sites send w - g (one full-batch gradient step), so the weighted mean of the
+        # deltas is minus the gradient over every site's training images, and FedAdam's step is centralized full-batch
+        # Adam. tau ~ 0 as in Adam: Flower's default 1e-3 dwarfs these gradients (about 1e-4) and stalls training.
+        return FedAdam(eta=settings.server_lr, eta_l=1.0, tau=FEDSGD_TAU, **common)
     if settings.strategy == "fedadam":
         return FedAdam(eta=settings.server_lr, eta_l=settings.lr, **common)
     if settings.strategy == "trimmed-mean":

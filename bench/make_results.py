@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RES = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
+LEGACY = "fedavg (earlier release, before fedsgd)"  # JSON written before bench/federation.py recorded the strategy
 
 
 def load(name: str) -> dict | None:
@@ -69,16 +70,18 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
 
 
 def federated_table(runs: dict[str, dict]) -> list[str]:
-    out = ["| run | partition | seed | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost | DP epsilon spent (max over sites) | wall time |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| run | partition | seed | head strategy | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost / chosen by validation | "
+           "DP epsilon spent (max over sites) | wall time |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         if "error" in r:
-            out.append(f"| {name} | | | | failed: {r['error']} | | | | |")
+            out.append(f"| {name} | | | | | failed: {r['error']} | | | | |")
             continue
         ref = r["centralized_reference"]
         eps = _eps(r["privacy"])
-        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {classifier(r)} | {pct(r['accuracy'])} | "
-                   f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} | "
+        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {r.get('strategy', LEGACY)} | {classifier(r)} | {pct(r['accuracy'])} | "
+                   f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} / "
+                   f"{pct(ref.get('selected', {}).get('accuracy'))} | "
                    f"{'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
     return out
 
@@ -189,7 +192,7 @@ def main() -> None:
             one = r["fold_runs"][0] if "fold_runs" in r else r
             if "timing_s" in one:
                 t, c = one["timing_s"], one["communication"]
-                strategy = one.get("strategy", "fedavg (before fedsgd)")
+                strategy = one.get("strategy", LEGACY)
                 lines.append(f"| {name} | {strategy} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {c['rounds']} | {one['seconds_per_round']:.2f} s | "
                              f"{t['xgb']:.0f} s | {t.get('validate', 0):.0f} s | {t['total']:.0f} s | {one['wall_s']:.0f} s | "
                              f"{one['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")

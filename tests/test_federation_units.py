@@ -152,3 +152,20 @@ def test_head_rounds_metrics_from_counts_only() -> None:
     assert m["accuracy"] == pytest.approx(0.85) and m["per_class"]["B"]["sensitivity"] == pytest.approx(0.9)
     lo, hi = wilson_interval(17, 20)
     assert lo < 0.85 < hi
+
+
+def test_fedsgd_server_step_decays_on_a_cosine_over_the_rounds() -> None:
+    from xincept.server.strategies import inner, make_strategy, set_round
+
+    s = FedSettings(rounds=100)
+    strategy = make_strategy(s, 4)
+    set_round(strategy, s, 1)
+    assert inner(strategy).eta == pytest.approx(0.02) and inner(strategy).tau == pytest.approx(1e-8)
+    set_round(strategy, s, 51)
+    assert inner(strategy).eta == pytest.approx(0.01)
+    set_round(strategy, s, 100)
+    assert 0 < inner(strategy).eta < 1e-4
+    flat = FedSettings(rounds=100, server_lr_schedule="constant")
+    constant = make_strategy(flat, 4)
+    set_round(constant, flat, 51)
+    assert inner(constant).eta == pytest.approx(0.02)  # a constant schedule keeps server-lr

@@ -27,6 +27,7 @@ class FedSettings:
     local_epochs: int = 5  # local-epoch rules only; fedsgd takes one full-batch gradient step per round
     strategy: str = "auto"  # auto: fedsgd, or fedavg with dp-epsilon (DP-SGD needs local epochs)
     proximal_mu: float = 0.01
+    server_lr_schedule: str = "cosine"  # fedsgd: cosine decay of the server step over the rounds | constant
     server_lr: float = 0.0  # server Adam step (fedsgd, fedadam); 0: 0.02 for fedsgd, 0.05 for fedadam
     min_sites: int = 2
     max_update_norm: float = 0.0  # updates farther than this from the global head are rejected (0: no bound)
@@ -103,6 +104,8 @@ class FedSettings:
         self.disclosure_policy()  # validates the disclosure settings
         if self.select_round not in ("best-val", "last"):
             raise SettingError(f"select-round={self.select_round!r}: choose best-val or last")
+        if self.server_lr_schedule not in ("cosine", "constant"):
+            raise SettingError(f"server-lr-schedule={self.server_lr_schedule!r}: choose cosine or constant")
         if self.select_classifier not in ("best-val", "xgboost"):
             raise SettingError(f"select-classifier={self.select_classifier!r}: choose best-val or xgboost")
         if self.xgb_mode not in ("histogram", "bagging", "none"):

@@ -19,7 +19,7 @@ from xincept.common.fedconfig import FedSettings
 from xincept.common.site_counts import pooled_metrics
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
-from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, strategy_state
+from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, set_round, strategy_state
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         tr = time.perf_counter()
         arrays = ArrayRecord(state)
         set_current(strategy, arrays)
+        set_round(strategy, settings, r)
         replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**{"server-round": r})}),
                       settings.round_timeout)
         accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,

@@ -174,6 +174,12 @@ def main() -> None:
                   "Command: `python bench/federation.py --folds 5 --name NAME --sites 4 --partition P [simulate options]` "
                   "(each row's options in `bench/run_all.sh`)", ""]
         lines += cv_table(cv_runs)
+        lines += ["", "Per-fold accuracy, federated vs centralized with the same classifier rule (points of gap, centralized minus federated):", ""]
+        for name, r in cv_runs.items():
+            gap = r.get("cv", {}).get("gap_points")
+            if gap:
+                fed = r["cv"]["federated"]["fold_accuracy"]
+                lines.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
         lines += ["", f"![accuracy]({plot_accuracy(cv_runs, central)})", ""]
     if split_runs:
         lines += ["## Federated, single split (fold 0), other seeds and timing runs", "",

@@ -72,7 +72,7 @@ def simulate(
     merged = {**(load_settings_file(config) if config else {}), **values}
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
         merged.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False)
-        merged.setdefault("rounds", 10)
+        merged.setdefault("rounds", 30)  # fedsgd: one step per round; 30 fit the synthetic classes
     settings = FedSettings.from_flat(merged)
     metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir,
                                        reference=reference)

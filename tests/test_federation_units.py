@@ -154,10 +154,10 @@ def test_head_rounds_metrics_from_counts_only() -> None:
     assert lo < 0.85 < hi
 
 
-def test_fedsgd_server_step_decays_on_a_cosine_over_the_rounds() -> None:
+def test_fedsgd_server_step_can_decay_on_a_cosine_over_the_rounds() -> None:
     from xincept.server.strategies import inner, make_strategy, set_round
 
-    s = FedSettings(rounds=100)
+    s = FedSettings(rounds=100, server_lr_schedule="cosine")
     strategy = make_strategy(s, 4)
     set_round(strategy, s, 1)
     assert inner(strategy).eta == pytest.approx(0.02) and inner(strategy).tau == pytest.approx(1e-8)

@@ -27,7 +27,7 @@ class FedSettings:
     local_epochs: int = 5  # local-epoch rules only; fedsgd takes one full-batch gradient step per round
     strategy: str = "auto"  # auto: fedsgd, or fedavg with dp-epsilon (DP-SGD needs local epochs)
     proximal_mu: float = 0.01
-    server_lr_schedule: str = "cosine"  # fedsgd: cosine decay of the server step over the rounds | constant
+    server_lr_schedule: str = "constant"  # fedsgd: constant | cosine (decay of the server step over the rounds)
     server_lr: float = 0.0  # server Adam step (fedsgd, fedadam); 0: 0.02 for fedsgd, 0.05 for fedadam
     min_sites: int = 2
     max_update_norm: float = 0.0  # updates farther than this from the global head are rejected (0: no bound)

@@ -239,7 +239,7 @@ def main() -> None:
                   f"{embed['accuracy_delta']} points ({embed['accuracy_protocol']}).", ""]
     if scale:
         lines += ["## Scale: simulated sites on this machine", "", "Command: `python bench/scale.py --cache-dir CACHE` "
-                  f"({scale['rounds']} rounds, IID, classifier: {'head softmax (--xgb-mode none)' if scale['xgb_mode'] == 'none' else scale['xgb_mode'] + ' XGBoost'}, no reference, no LOSO)", "",
+                  f"({scale['rounds']} rounds of {scale.get('strategy', LEGACY)}, IID, classifier: {'head softmax (--xgb-mode none)' if scale['xgb_mode'] == 'none' else scale['xgb_mode'] + ' XGBoost'}, no reference, no LOSO)", "",
                   "| sites | group block | wall time | head seconds per round | peak memory (process tree) | accuracy | outcome |",
                   "|---|---|---|---|---|---|---|"]
         for r in scale["runs"]:

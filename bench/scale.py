@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--xgb-mode", default="none", choices=["none", "bagging"])
+    ap.add_argument("--strategy", default="fedavg",
+                    help="fedavg: 5 local epochs per round, a heavier round than fedsgd's single step, so a bound on its cost")
     ap.add_argument("--group-block", type=int, default=25,
                     help="grouping block; 32 sites need finer groups (5) or some sites get fewer than 5 training images")
     args = ap.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
     for n in [int(s) for s in args.sites.split(",")]:
         out = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
         cmd = [shutil.which("xincept-server") or "xincept-server", "simulate", "--data", str(args.data), "--sites", str(n),
-               "--partition", "iid", "--no-pretrained", "--rounds", str(args.rounds), "--xgb-mode", args.xgb_mode, "--no-loso",
+               "--partition", "iid", "--no-pretrained", "--rounds", str(args.rounds), "--strategy", args.strategy, "--xgb-mode", args.xgb_mode, "--no-loso",
                "--no-reference", "--group-block", str(args.group_block),
                "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
         measured = run_measured(cmd, out / "bench.log", args.timeout)
@@ -52,7 +54,7 @@ def main() -> None:
                        min_site_train_images=min(int(v) for v in (m["embedding"][s]["num-examples"] for s in m["embedding"])))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    print(json.dumps({"rounds": args.rounds, "partition": "iid", "xgb_mode": args.xgb_mode, "weights": "random",
+    print(json.dumps({"rounds": args.rounds, "strategy": args.strategy, "partition": "iid", "xgb_mode": args.xgb_mode, "weights": "random",
                       "machine": "2 cores, 24 GB, no GPU", "runs": rows}, indent=1))
 
 

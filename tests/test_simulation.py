@@ -37,6 +37,11 @@ def test_phases_write_the_bundle_metrics_and_report(data: Path, tmp_path: Path) 
     assert set(metrics["rounds"][0]["train_loss"]) == set(metrics["sites"])
     comm = metrics["communication"]
     assert 0 < comm["bytes_per_site_per_round"] <= 1.2e6 and comm["bytes_per_site_per_round"] < comm["full_model_bytes"]
+    from safetensors.torch import load_file
+
+    head = load_file(out / "model" / "head.safetensors")
+    assert {v.dtype for v in head.values()} == {torch.float32}  # fedsgd's server Adam (float64 inside) does not widen the head
+    assert comm["bytes_per_site_per_round"] == sum(4 * v.numel() for v in head.values())
     g = metrics["global"]
     assert g["n"] == sum(s["n"] for s in metrics["sites"].values()) > 0
     assert g["ci95"]["accuracy"][0] <= g["accuracy"] <= g["ci95"]["accuracy"][1]

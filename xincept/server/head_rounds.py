@@ -73,6 +73,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             best_key = (b["accuracy"], -b["loss"])
         log.info("%s: resuming after round %d from %s", label, ckpt.completed_round, ckpt_dir)
     reference = {k: tuple(v.shape) for k, v in state.items()}
+    dtypes = {k: v.dtype for k, v in state.items()}
     t0 = time.perf_counter()
     for r in range(start, settings.rounds + 1):
         tr = time.perf_counter()
@@ -92,7 +93,8 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         agg, _ = strategy.aggregate_train(r, ordered)
         if agg is None:
             raise XinceptError(f"{label} round {r}: no update could be aggregated")
-        state = agg.to_torch_state_dict()
+        # back to each tensor's own dtype: Flower's FedAdam does its arithmetic in float64 and would double the bytes
+        state = {k: v.to(dtypes[k]) for k, v in agg.to_torch_state_dict().items()}
         val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(split="val")}),
                   settings.round_timeout)
         releases = round_releases(val, nodes)

@@ -202,6 +202,12 @@ def main() -> None:
                 lines.append(f"| {name} | {strategy} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {c['rounds']} | {one['seconds_per_round']:.2f} s | "
                              f"{t['xgb']:.0f} s | {t.get('validate', 0):.0f} s | {t['total']:.0f} s | {one['wall_s']:.0f} s | "
                              f"{one['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
+        widened = sorted(name for name, r in runs.items()
+                         if (r["fold_runs"][0] if "fold_runs" in r else r).get("communication", {}).get("bytes_per_site_per_round", 0) > 1.2e6)
+        if widened:
+            lines += ["", f"Rows {', '.join(widened)} were measured before a fix in head rounds: Flower's FedAdam (inside fedsgd) "
+                      "returned float64 arrays, so the head went out at twice its float32 size. Since the fix every tensor keeps its "
+                      "dtype and a round sends the float32 head (tests/test_simulation.py checks bytes = 4 x parameters)."]
         first = next((r["fold_runs"][0] if "fold_runs" in r else r) for r in runs.values() if "error" not in r)
         lines += ["", "Process wall time includes Ray start-up, partitioning and (except `iid_timing`, `--no-reference`) the centralized "
                   "reference fit; `dirichlet` also trains the four leave-one-site-out federations (validate phase). Full model "

@@ -49,41 +49,42 @@ def classifier(r: dict) -> str:
             else f"{'XGBoost (' + mode + ')' if n_xgb else 'head softmax'}, chosen by validation accuracy")
 
 
-def cv_table(runs: dict[str, dict]) -> list[str]:
-    out = ["| run | partition | classifier | accuracy (pooled over 5 folds) | 95% CI (Wilson) | fold mean ± sd | "
-           "centralized, same folds: head / XGBoost / chosen by validation | gap to centralized, same classifier rule (points) | "
-           "DP epsilon spent (max) | wall time (5 runs) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+def run_table(columns: list[str], runs: dict[str, dict], row) -> list[str]:
+    """A markdown table with one row per run; a failed run gets its error in the column after the name."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, r in runs.items():
-        if "error" in r:
-            out.append(f"| {name} | | | failed: {r['error']} | | | | | | |")
-            continue
+        cells = [name, f"failed: {r['error']}"] + [""] * (len(columns) - 2) if "error" in r else [name, *row(r)]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def cv_table(runs: dict[str, dict]) -> list[str]:
+    def row(r: dict) -> list[str]:
         cv, eps = r["cv"], _eps(r.get("privacy", {}))
         fed = cv["federated"]
         head, xgb, sel = (cv.get(f"centralized_{k}", {}) for k in ("head_softmax", "xgboost", "selected"))
         gap = cv.get("gap_points", {}).get("pooled")
-        out.append(f"| {name} | {r['partition']['scheme']} | {classifier(r)} | {pct(fed['accuracy'])} | {ci(fed['accuracy_ci95'])} | "
-                   f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f} | {pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / "
-                   f"{pct(sel.get('accuracy'))} | "
-                   f"{'-' if gap is None else f'{gap:+.1f}'} | {'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
-    return out
+        return [r["partition"]["scheme"], classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
+                f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f}",
+                f"{pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / {pct(sel.get('accuracy'))}",
+                "-" if gap is None else f"{gap:+.1f}", "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
+
+    return run_table(["run", "partition", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
+                      "centralized, same folds: head / XGBoost / chosen by validation",
+                      "gap to centralized, same classifier rule (points)", "DP epsilon spent (max)", "wall time (5 runs)"], runs, row)
 
 
 def federated_table(runs: dict[str, dict]) -> list[str]:
-    out = ["| run | partition | seed | head strategy | classifier | accuracy | 95% CI (Wilson) | centralized, same splits: head / XGBoost / chosen by validation | "
-           "DP epsilon spent (max over sites) | wall time |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        if "error" in r:
-            out.append(f"| {name} | | | | | failed: {r['error']} | | | | |")
-            continue
-        ref = r["centralized_reference"]
-        eps = _eps(r["privacy"])
-        out.append(f"| {name} | {r['partition']['scheme']} | {r['seed']} | {r.get('strategy', LEGACY)} | {classifier(r)} | {pct(r['accuracy'])} | "
-                   f"{ci(r['accuracy_ci95'])} | {pct(ref.get('head_softmax', {}).get('accuracy'))} / {pct(ref.get('xgboost', {}).get('accuracy'))} / "
-                   f"{pct(ref.get('selected', {}).get('accuracy'))} | "
-                   f"{'-' if eps is None else f'{eps:.2f}'} | {r['wall_s']:.0f} s |")
-    return out
+    def row(r: dict) -> list[str]:
+        ref, eps = r["centralized_reference"], _eps(r["privacy"])
+        return [r["partition"]["scheme"], str(r["seed"]), r.get("strategy", LEGACY), classifier(r), pct(r["accuracy"]),
+                ci(r["accuracy_ci95"]),
+                " / ".join(pct(ref.get(k, {}).get("accuracy")) for k in ("head_softmax", "xgboost", "selected")),
+                "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
+
+    return run_table(["run", "partition", "seed", "head strategy", "classifier", "accuracy", "95% CI (Wilson)",
+                      "centralized, same splits: head / XGBoost / chosen by validation", "DP epsilon spent (max over sites)",
+                      "wall time"], runs, row)
 
 
 def plot_scale(scale: dict) -> str:

@@ -126,9 +126,9 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
         m = classification_metrics(y[idx["test"]], proba, classes)
         m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
         out[name] = m
-    val_acc = {name: float((proba.argmax(1) == y[idx["val"]]).mean())
-               for name, proba in (("head_softmax", model.head_proba(val_feats)), ("xgboost", model.predict_proba(val_feats)))}
     if settings.select_classifier == "best-val":  # the federation's rule: the better validation accuracy, ties XGBoost
+        val_acc = {name: float((proba.argmax(1) == y[idx["val"]]).mean())
+                   for name, proba in (("head_softmax", model.head_proba(val_feats)), ("xgboost", model.predict_proba(val_feats)))}
         chosen = "head_softmax" if val_acc["head_softmax"] > val_acc["xgboost"] else "xgboost"
         out["selected"] = {**out[chosen], "classifier": chosen, "val_accuracy": val_acc}
     fed_model = Path(settings.out_dir) / "model"

@@ -2,7 +2,7 @@
 with the scikit-learn comparison (thesis Table 5.1 on our protocol).
 
 Prints one JSON object: per variant, accuracy with its 95% group-bootstrap interval, macro F1, AUC,
-the head's softmax, the --compare classifiers, wall time and peak memory.
+XGBoost alone, the head's softmax alone, the classifier each fold chose, the --compare classifiers, wall time and peak memory.
 
     python bench/centralized.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--folds 5]
 """
@@ -42,7 +42,8 @@ def main() -> None:
             g = m["global"]
             row.update(accuracy=g["accuracy"], ci95=g.get("ci95", {}), macro_f1=g["macro_f1"], auc_ovr=g["auc_ovr"],
                        n=g["n"], protocol=m["protocol"]["description"], weights=m.get("weights"),
-                       head_softmax=m.get("head_softmax", {}).get("accuracy") if isinstance(m.get("head_softmax"), dict) else None,
+                       head_softmax=m["head_softmax"]["accuracy"], xgboost=m["xgboost"]["accuracy"],
+                       classifier_chosen=m["classifier_chosen"],
                        comparison={k: v["accuracy"] for k, v in m.get("comparison", {}).items()},
                        timing_s=m.get("timing_s"))
         rows[name] = row

@@ -77,10 +77,13 @@ class XGBConfig:
     early_stopping_rounds: int = 30
     features: str = "embedding"  # or "fused" (the raw concatenated pooled features)
     seed: int = 0
+    select: str = "best-val"  # best-val: XGBoost or the head's softmax, whichever is better on validation images | xgboost
 
     def __post_init__(self) -> None:
         if self.features not in ("embedding", "fused"):
             raise SettingError(f"xgb features={self.features!r}: choose 'embedding' or 'fused'")
+        if self.select not in ("best-val", "xgboost"):
+            raise SettingError(f"select-classifier={self.select!r}: choose best-val or xgboost")
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,7 @@ class FedSettings:
             raise SettingError(f"select-round={self.select_round!r}: choose best-val or last")
         if self.server_lr_schedule not in ("cosine", "constant"):
             raise SettingError(f"server-lr-schedule={self.server_lr_schedule!r}: choose cosine or constant")
-        if self.select_classifier not in ("best-val", "xgboost"):
-            raise SettingError(f"select-classifier={self.select_classifier!r}: choose best-val or xgboost")
+        self.xgb_config()  # checks select-classifier
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
 
@@ -140,7 +139,7 @@ class FedSettings:
     def xgb_config(self) -> XGBConfig:
         return XGBConfig(n_estimators=self.xgb_rounds, learning_rate=self.xgb_eta, max_depth=self.xgb_max_depth,
                          subsample=self.xgb_subsample, max_bin=self.xgb_max_bin, early_stopping_rounds=self.xgb_early_stopping,
-                         seed=self.seed)
+                         seed=self.seed, select=self.select_classifier)
 
     def run_config(self, cache_dir: Path | None = None, weights_dir: Path | None = None) -> RunConfig:
         return RunConfig(

@@ -50,6 +50,26 @@ def with_views(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.nd
     return stacked, np.tile(y[idx], n_views + 1)
 
 
+SELECTION_RULE = "best validation accuracy (ties: xgboost)"
+
+
+def pick_classifier(val_accuracy: dict[str, float]) -> str:
+    """``head_softmax`` when the head's softmax beats XGBoost on validation images, else ``xgboost``.
+
+    XGBoost is fitted on embeddings of the very images the head was trained on, which the head separates almost
+    perfectly; on some splits it then generalises worse than the head's own softmax. Validation images decide
+    (never test images); a tie keeps XGBoost, the thesis' classifier.
+    """
+    return "head_softmax" if val_accuracy["head_softmax"] > val_accuracy["xgboost"] else "xgboost"
+
+
+def validation_choice(model: XinceptModel, val_feats: list[np.ndarray], y_val: np.ndarray) -> tuple[str, dict[str, float]]:
+    """:func:`pick_classifier` on ``model``'s two classifiers; returns the choice and both validation accuracies."""
+    val_acc = {"xgboost": float((model.predict_proba(val_feats).argmax(1) == y_val).mean()),
+               "head_softmax": float((model.head_proba(val_feats).argmax(1) == y_val).mean())}
+    return pick_classifier(val_acc), val_acc
+
+
 def fit_model(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.ndarray, train_idx: np.ndarray,
               val_idx: np.ndarray, classes: list[str], cfg: RunConfig) -> XinceptModel:
     """Fit the head (early stopping on ``val_idx``) and XGBoost on the head's embeddings."""

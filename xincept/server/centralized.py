@@ -15,7 +15,7 @@ from xincept.common.bundle import write_bundle
 from xincept.common.classifiers import predict_proba_full, sklearn_zoo
 from xincept.common.config import RunConfig
 from xincept.common.metrics import bootstrap_ci, classification_metrics, summarize_folds
-from xincept.common.model import fit_model, select
+from xincept.common.model import XinceptModel, fit_model, select, validation_choice
 from xincept.common.progress import track
 from xincept.common.report import write_reports
 from xincept.common.site import EmbeddedSite, embedding_path, prepare_site, weights_meta
@@ -53,6 +53,7 @@ def cross_validate(site: EmbeddedSite, folds: list[Fold], cfg: RunConfig, compar
     k = len(classes)
     oof = np.zeros((len(y), k))
     oof_head = np.zeros((len(y), k))
+    oof_xgb = np.zeros((len(y), k))
     oof_zoo: dict[str, np.ndarray] = {}
     fold_rows = []
     items = list(enumerate(folds))
@@ -60,11 +61,14 @@ def cross_validate(site: EmbeddedSite, folds: list[Fold], cfg: RunConfig, compar
         tr, val = _inner_split(site, fold.train, cfg, salt=i + 1)
         model = fit_model(feats, views, y, tr, val, classes, cfg)
         x_te = select(feats, fold.test)
-        oof[fold.test] = model.predict_proba(x_te)
+        chosen, val_acc = choose(model, select(feats, val), y[val], cfg)
+        oof_xgb[fold.test] = model.predict_proba(x_te)
         oof_head[fold.test] = model.head_proba(x_te)
+        oof[fold.test] = oof_head[fold.test] if chosen == "head_softmax" else oof_xgb[fold.test]
         row = {"fold": i, "n_train": int(len(tr)), "n_val": int(len(val)), "n_test": int(len(fold.test)),
-               "best_epoch": model.history.best_epoch + 1,
+               "best_epoch": model.history.best_epoch + 1, "classifier_chosen": chosen, "val_accuracy": val_acc,
                **classification_metrics(y[fold.test], oof[fold.test], classes),
+               "xgboost": classification_metrics(y[fold.test], oof_xgb[fold.test], classes),
                "head_softmax": classification_metrics(y[fold.test], oof_head[fold.test], classes)}
         fold_rows.append(row)
         if compare:
@@ -72,9 +76,15 @@ def cross_validate(site: EmbeddedSite, folds: list[Fold], cfg: RunConfig, compar
             for name, clf in sklearn_zoo(cfg.split.seed).items():
                 clf.fit(e_tr, y[tr])
                 oof_zoo.setdefault(name, np.zeros((len(y), k)))[fold.test] = predict_proba_full(clf, e_te, k)
-        log.info("fold %d/%d: accuracy %.3f (XGBoost), %.3f (head softmax)", i + 1, len(folds), row["accuracy"], row["head_softmax"]["accuracy"])
+        log.info("fold %d/%d: accuracy %.3f (XGBoost), %.3f (head softmax); %s chosen on validation", i + 1, len(folds),
+                 row["xgboost"]["accuracy"], row["head_softmax"]["accuracy"], chosen)
     tested = np.concatenate([f.test for f in folds])
-    return {"oof": oof, "oof_head": oof_head, "oof_zoo": oof_zoo, "folds": fold_rows, "tested": np.sort(tested)}
+    return {"oof": oof, "oof_head": oof_head, "oof_xgb": oof_xgb, "oof_zoo": oof_zoo, "folds": fold_rows, "tested": np.sort(tested)}
+
+
+def choose(model: XinceptModel, val_feats: list[np.ndarray], y_val: np.ndarray, cfg: RunConfig) -> tuple[str, dict[str, float]]:
+    """XGBoost, or with ``select = best-val`` whichever of XGBoost and the head's softmax is better on validation images."""
+    return validation_choice(model, val_feats, y_val) if cfg.xgb.select == "best-val" else ("xgboost", {})
 
 
 def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,
@@ -93,15 +103,19 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "weights": weights_meta(site.backbones)["weights"],
-        "classifier": f"fused head + XGBoost on {cfg.xgb.features} features",
+        "classifier": (f"fused head + XGBoost on {cfg.xgb.features} features" if cfg.xgb.select == "xgboost" else
+                       f"fused head, then XGBoost on {cfg.xgb.features} features or the head's softmax, per fold the one "
+                       f"with the better accuracy on the fold's validation images (ties: XGBoost)"),
+        "classifier_chosen": [f["classifier_chosen"] for f in cv["folds"]],
         "global": glob,
+        "xgboost": classification_metrics(y[idx], cv["oof_xgb"][idx], k_classes),
         "head_softmax": classification_metrics(y[idx], cv["oof_head"][idx], k_classes),
         "folds": cv["folds"],
         "fold_summary": summarize_folds(cv["folds"]),
     }
     if cv["oof_zoo"]:
-        metrics["comparison"] = {"xgboost": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")}}
-        metrics["comparison"]["head_softmax"] = {k: metrics["head_softmax"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")}
+        metrics["comparison"] = {k: {m: metrics[k][m] for m in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")}
+                                 for k in ("xgboost", "head_softmax")}
         for name, proba in cv["oof_zoo"].items():
             m = classification_metrics(y[idx], proba[idx], k_classes)
             metrics["comparison"][name] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr")}
@@ -109,6 +123,10 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     all_idx = np.arange(len(y))
     tr, val = _inner_split(site, all_idx, cfg, salt=0)
     final = fit_model(site.feats, site.views, y, tr, val, site.classes, cfg)
+    final_choice, final_val = choose(final, select(site.feats, val), y[val], cfg)
+    if final_choice == "head_softmax":
+        final.booster = None
+    log.info("final model: %s", "the head's softmax (better on validation)" if final.booster is None else "XGBoost")
     t_total = time.perf_counter() - t0
     metrics["timing_s"] = {"check_and_embed": round(t_embed, 2), "total": round(t_total, 2), "images_embedded_now": site.embeddings.computed}
     meta = {
@@ -123,6 +141,7 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
         "data_summary": site.data.report.summary(),
         "protocol": protocol,
         "trained_on": f"all {len(y)} images (final fit; inner grouped validation of {len(val)} for early stopping)",
+        "classifier_selection": {"rule": cfg.xgb.select, "chosen": final_choice, "val_accuracy": final_val},
         "config": cfg.to_dict(),
     }
     out = Path(out)

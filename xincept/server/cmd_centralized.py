@@ -34,6 +34,9 @@ def centralized(
     augment_views: Annotated[int, typer.Option("--augment-views", help="Augmented views per training image (thesis Table 3.2), cached like originals.")] = 0,
     activation: Annotated[str, typer.Option("--activation", help="Head activation: relu or gelu.")] = "relu",
     xgb_features: Annotated[str, typer.Option("--xgb-features", help="XGBoost inputs: embedding (64-wide) or fused (raw pooled features).")] = "embedding",
+    select_classifier: Annotated[str, typer.Option("--select-classifier", help="best-val: per fold (and for the final model) "
+                                                   "XGBoost or the head's softmax, whichever is more accurate on validation images; "
+                                                   "xgboost: always XGBoost (the thesis).")] = "best-val",
     compare: Annotated[bool, typer.Option("--compare", help="Also evaluate SVM, KNN, AdaBoost, logistic regression and random forest on the same folds.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedding batch.")] = 32,
     device: DeviceOpt = "auto",
@@ -50,7 +53,7 @@ def centralized(
                                 pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device,
                                 precision=precision),
         head=HeadConfig(activation=activation, seed=seed),
-        xgb=XGBConfig(features=xgb_features, seed=seed),
+        xgb=XGBConfig(features=xgb_features, seed=seed, select=select_classifier),
         split=SplitConfig(folds=folds, seed=seed, group_block=group_block),
         augment=AugmentConfig(views=augment_views, seed=seed),
         cache_dir=cache_dir or default_cache_dir(),
@@ -61,5 +64,7 @@ def centralized(
     typer.echo(
         f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {100 * g['macro_f1']:.1f}%, "
         f"AUC {100 * (g['auc_ovr'] or 0):.1f}% [{metrics['protocol']['kind']}, weights: {metrics['weights']}]\n"
+        f"classifier per fold: {', '.join(metrics['classifier_chosen'])} (XGBoost alone "
+        f"{100 * metrics['xgboost']['accuracy']:.1f}%, head softmax alone {100 * metrics['head_softmax']['accuracy']:.1f}%)\n"
         f"wrote {Path(out) / 'model'}, {Path(out) / 'metrics.json'}, {Path(out) / 'report.md'}"
     )

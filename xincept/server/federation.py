@@ -26,7 +26,7 @@ from xincept.common.fedconfig import FedSettings
 from xincept.common.splits import holdout_folds
 from xincept.common.head import add_sums, sums_to_mean_std
 from xincept.common.metrics import wilson_interval
-from xincept.common.model import XinceptModel
+from xincept.common.model import XinceptModel, pick_classifier
 from xincept.common.report import write_reports
 from xincept.common.versions import code_hash, package_versions
 from xincept.common.xgb_federated import booster_from_raw
@@ -131,17 +131,15 @@ def train_global_model(grid: Grid, nodes: dict[int, str], settings: FedSettings,
 
 def choose_classifier(grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str], state: dict,
                       booster_raw: bytes, config: Any, xgb_info: dict[str, Any], label: str) -> bytes | None:
-    """Keep XGBoost unless the head's own softmax has the better validation accuracy pooled over the sites.
+    """:func:`~xincept.common.model.pick_classifier` on validation accuracies pooled over the sites.
 
-    XGBoost is fitted on embeddings of the very images the head was trained on, which the head separates
-    almost perfectly; on some splits it then generalises worse than the head. Validation images decide
-    (never test images); ties keep XGBoost, the thesis' classifier. Returns the booster, or None for the softmax.
+    Returns the booster, or None for the head's softmax.
     """
     _, head_val = score_at_sites(ask, grid, nodes, settings, classes, state, None, config, split="val")
     _, xgb_val = score_at_sites(ask, grid, nodes, settings, classes, state, booster_raw, config, split="val")
-    chosen = "head_softmax" if head_val["accuracy"] > xgb_val["accuracy"] else "xgboost"
-    xgb_info["selection"] = {"rule": "best pooled validation accuracy (ties: xgboost)", "chosen": chosen,
-                             "val_accuracy": {"xgboost": xgb_val["accuracy"], "head_softmax": head_val["accuracy"]}}
+    val_acc = {"xgboost": xgb_val["accuracy"], "head_softmax": head_val["accuracy"]}
+    chosen = pick_classifier(val_acc)
+    xgb_info["selection"] = {"rule": "best pooled validation accuracy (ties: xgboost)", "chosen": chosen, "val_accuracy": val_acc}
     log.info("%s classifier: %s (validation accuracy: XGBoost %.3f, head softmax %.3f)", label, chosen, xgb_val["accuracy"],
              head_val["accuracy"])
     return booster_raw if chosen == "xgboost" else None

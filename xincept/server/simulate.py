@@ -108,7 +108,7 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
     """The same protocol without federation: pool every site's train/val splits, score on every site's test split."""
     from xincept.client.task import load_local_site
     from xincept.common.metrics import classification_metrics, wilson_interval
-    from xincept.common.model import fit_model
+    from xincept.common.model import fit_model, validation_choice
 
     locals_ = [load_local_site(names[i], str(part_dir), str(part_dir / f"site-{i}.csv"), tuple(classes), settings,
                                str(cache_dir) if cache_dir else None, str(weights_dir) if weights_dir else None)
@@ -127,9 +127,7 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
         m["ci95"] = {"accuracy": wilson_interval(int(np.trace(np.asarray(m["confusion"]))), m["n"])}
         out[name] = m
     if settings.select_classifier == "best-val":  # the federation's rule: the better validation accuracy, ties XGBoost
-        val_acc = {name: float((proba.argmax(1) == y[idx["val"]]).mean())
-                   for name, proba in (("head_softmax", model.head_proba(val_feats)), ("xgboost", model.predict_proba(val_feats)))}
-        chosen = "head_softmax" if val_acc["head_softmax"] > val_acc["xgboost"] else "xgboost"
+        chosen, val_acc = validation_choice(model, val_feats, y[idx["val"]])
         out["selected"] = {**out[chosen], "classifier": chosen, "val_accuracy": val_acc}
     fed_model = Path(settings.out_dir) / "model"
     if (fed_model / "xgb.json").is_file():  # centralized XGBoost on the federated head's own embeddings

@@ -54,6 +54,9 @@ def test_privacy_budget_is_recorded_and_never_exceeded(run: dict) -> None:
         assert set(p) >= {"epsilon", "delta", "noise_multiplier", "max_grad_norm", "unit"} and p["unit"] == "image"
         assert 0 < p["epsilon"] <= 8.0 and p["delta"] == 1e-5
     assert all(r["privacy"] for r in m["rounds"])  # spent budget per round
+    assert meta["privacy_scope"] == m["privacy_scope"] and "head rounds" in m["privacy_scope"]
+    assert "without DP noise" in m["privacy_scope"] and "--xgb-mode none" in m["privacy_scope"]  # XGBoost ran: not under DP
+    assert m["privacy_scope"] in (run["out"] / "report.md").read_text()
 
 
 def test_cross_site_has_global_loso_and_local_rows_and_the_report_has_plots(run: dict) -> None:

@@ -61,6 +61,8 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
         for site, p in sorted(metrics["privacy"].items()):
             out.append(f"| {site} | {p['epsilon']:.3f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['max_grad_norm']:g} |")
         out.append("")
+        if metrics.get("privacy_scope"):
+            out += [f"**What the epsilon covers.** {metrics['privacy_scope']}", ""]
     if metrics.get("rejected_updates"):
         out += ["## Rejected updates", ""] + [f"- {s}: {'; '.join(r)}" for s, r in sorted(metrics["rejected_updates"].items())] + [""]
     return out

@@ -145,6 +145,18 @@ def choose_classifier(grid: Grid, nodes: dict[int, str], settings: FedSettings, 
     return booster_raw if chosen == "xgboost" else None
 
 
+def privacy_scope(settings: FedSettings) -> str:
+    """What the sites' epsilon covers, in words for an ethics board (``metrics.json`` and ``model.json``)."""
+    scope = ("DP-SGD (per image) covers the head rounds: every update of the fused head a site sent. "
+             "The embed phase's per-feature sums (refused below min-cell-count images) and the validate phase's counts "
+             "(disclosure control) are not under DP")
+    if settings.xgb_mode == "none":
+        return scope + "; no XGBoost was trained (--xgb-mode none)."
+    return (scope + f"; neither is the xgb phase ({settings.xgb_mode}): its "
+            + ("gradient histograms" if settings.xgb_mode == "histogram" else "trees")
+            + " come from the site's embeddings without DP noise. For a classifier trained under DP alone, use --xgb-mode none.")
+
+
 def privacy_by_site(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each site's DP-SGD budget as last reported (the accountant's spent epsilon), unit: one image."""
     out: dict[str, dict[str, Any]] = {}
@@ -200,6 +212,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     if settings.dp_epsilon > 0:  # every training a site takes part in spends from the same budget
         settings = replace(settings, dp_trainings=1 + (len(nodes) - 1 if settings.loso and len(nodes) >= 2 else 0))
         log.info("DP-SGD: each site's budget epsilon %g covers %d training(s)", settings.dp_epsilon, settings.dp_trainings)
+        if settings.xgb_mode != "none":
+            log.warning("DP-SGD covers the head rounds only: %s", privacy_scope(settings))
 
     # -- head rounds and xgb --------------------------------------------------------------------
     config = lambda **kw: _config(settings, classes, **kw)  # noqa: E731
@@ -262,7 +276,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
         "disclosure": {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
                        "withheld_cells": int(glob.get("withheld_cells", 0))},
         "rejected_updates": result.rejected,
-        **({"privacy": privacy} if privacy else {}),
+        **({"privacy": privacy, "privacy_scope": privacy_scope(settings)} if privacy else {}),
         **({"central_dp": {"noise_multiplier": settings.central_dp_noise, "clipping_norm": settings.central_dp_clip,
                            "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping (Gaussian noise on the clipped sum)",
                            "note": "the spent epsilon depends on the sampling of sites; with all sites every round it is not amplified"}}
@@ -289,7 +303,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
                          "n_groups": int(sum(int(s.info["n-groups"]) for s in sites)),
                          "sites": {s.name: list(np.atleast_1d(s.info["counts"])) for s in sites}, "synthetic": settings.synthetic},
         "protocol": protocol,
-        **({"privacy": privacy} if privacy else {}),
+        **({"privacy": privacy, "privacy_scope": privacy_scope(settings)} if privacy else {}),
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
     model = XinceptModel(head=head, booster=booster_from_raw(booster_raw) if booster_raw else None, classes=classes,

@@ -160,7 +160,8 @@ def main() -> None:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in central["variants"].items():
             if "accuracy" in v:
-                chosen = ", ".join(f"{n} x {c}" for c, n in sorted(Counter(v.get("classifier_chosen", ["xgboost"])).items()))
+                chosen = (", ".join(f"{n} x {c}" for c, n in sorted(Counter(v["classifier_chosen"]).items()))
+                          if "classifier_chosen" in v else "xgboost (run before the rule)")
                 lines.append(f"| {name} | {pct(v['accuracy'])} | {ci(v['ci95'].get('accuracy'))} | {pct(v['macro_f1'])} | {pct(v['auc_ovr'])} | "
                              f"{pct(v.get('xgboost', v['accuracy']))} | {pct(v['head_softmax'])} | {chosen} | {v['wall_s']:.0f} s | "
                              f"{v['peak_rss_mb'] / 1000:.1f} GB |")
@@ -181,6 +182,13 @@ def main() -> None:
                   "Command: `python bench/federation.py --folds 5 --name NAME --sites 4 --partition P [simulate options]` "
                   "(each row's options in `bench/run_all.sh`)", ""]
         lines += cv_table(cv_runs)
+        if any(r.get("privacy") for r in cv_runs.values()):
+            lines += ["", "DP rows: each site's epsilon covers the head rounds (DP-SGD, FedAvg, 20 rounds of local epochs); the "
+                      "XGBoost phase learns from the DP head's embeddings without DP noise, so a row whose classifier is XGBoost "
+                      "is not a model trained under DP alone (`privacy_scope` in `metrics.json`; `--xgb-mode none` keeps the "
+                      "whole classifier under DP). The head's softmax alone, trained under DP: "
+                      + ", ".join(f"{k} {pct(r['cv']['federated_head_softmax']['accuracy'])}" for k, r in cv_runs.items()
+                                  if r.get("privacy") and "federated_head_softmax" in r.get("cv", {})) + "."]
         lines += ["", "Per-fold accuracy, federated vs centralized with the same classifier rule (points of gap, centralized minus federated):", ""]
         for name, r in cv_runs.items():
             gap = r.get("cv", {}).get("gap_points")

@@ -180,7 +180,9 @@ def main() -> None:
                   "runs' test images (each image tested once); the centralized reference trains the same model on each run's pooled "
                   "training splits and is scored on the same images. Intervals: Wilson over images. Seed 0 (partition and folds).", "",
                   "Command: `python bench/federation.py --folds 5 --name NAME --sites 4 --partition P [simulate options]` "
-                  "(each row's options in `bench/run_all.sh`)", ""]
+                  "(each row's options in `bench/run_all.sh`)", "",
+                  "Wall times of the accuracy runs are indicative only: some ran while other jobs shared the machine's 2 cores. "
+                  "The timing comparison further down uses runs made alone, one after the other.", ""]
         lines += cv_table(cv_runs)
         if any(r.get("privacy") for r in cv_runs.values()):
             lines += ["", "DP rows: each site's epsilon covers the head rounds (DP-SGD, FedAvg, 20 rounds of local epochs); the "

@@ -104,6 +104,16 @@ def plot_scale(scale: dict) -> str:
     return "scale.png"
 
 
+ORDER = ("iid", "dirichlet", "labelskew", "bagging_iid", "bagging_dirichlet", "dp8", "dp3", "dp1")  # partitions, XGBoost mode, DP
+
+
+def display_order(path: Path) -> tuple[int, str]:
+    """Rows in reading order: the partitions, then bagging, then DP from the weakest to the strongest privacy."""
+    name = path.stem.removeprefix("fed_").removesuffix("_cv")
+    base = next((i for i, k in enumerate(ORDER) if name == k or name.startswith(k + "_")), len(ORDER))
+    return base, path.stem
+
+
 def plot_accuracy(runs: dict[str, dict], central: dict | None) -> str:
     names, vals, lows, highs = [], [], [], []
     if central:
@@ -132,7 +142,7 @@ def plot_accuracy(runs: dict[str, dict], central: dict | None) -> str:
 
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
-    runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"))}
+    runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"), key=display_order)}
     central, dp, scale, embed = load("centralized"), load("dp"), load("scale"), load("embed")
     scale32 = load("scale_32")
     if scale and scale32:  # 32 sites need finer groups: add that row beside the failed one

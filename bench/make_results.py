@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -102,6 +103,12 @@ def plot_scale(scale: dict) -> str:
     fig.savefig(DOCS / "scale.png")
     plt.close(fig)
     return "scale.png"
+
+
+def portable(command: str) -> str:
+    """A recorded command with this machine's data and cache paths replaced by the README's."""
+    command = re.sub(r"--data \S*all4", "--data ../shared/datasets/all4", command)
+    return re.sub(r"--cache-dir \S+", "--cache-dir CACHE", command)
 
 
 ORDER = ("iid", "dirichlet", "labelskew", "bagging_iid", "bagging_dirichlet", "dp8", "dp3", "dp1")  # partitions, XGBoost mode, DP
@@ -243,8 +250,8 @@ def main() -> None:
         if timing and fusion and "wall_s" in fusion and "wall_s" in timing:
             lines += ["### Federated vs centralized wall time (same data, warm embedding cache)", "",
                       "| run | command | wall time |", "|---|---|---|",
-                      f"| federated, 4 simulated sites | {timing['command']} | {timing['wall_s']:.0f} s |",
-                      f"| centralized | {fusion['command']} | {fusion['wall_s']:.0f} s |", "",
+                      f"| federated, 4 simulated sites | `{portable(timing['command'])}` | {timing['wall_s']:.0f} s |",
+                      f"| centralized | `{portable(fusion['command'])}` | {fusion['wall_s']:.0f} s |", "",
                       f"Ratio federated / centralized: **{timing['wall_s'] / fusion['wall_s']:.2f}** (the centralized command runs grouped "
                       "5-fold CV, 5 fits plus the scikit-learn comparison and a refit on all images; the federation trains one model "
                       f"({timing['communication']['rounds']} rounds), federated XGBoost and the local-only models).", ""]

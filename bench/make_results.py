@@ -177,10 +177,9 @@ def main() -> None:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in central["variants"].items():
             if "accuracy" in v:
-                chosen = (", ".join(f"{n} x {c}" for c, n in sorted(Counter(v["classifier_chosen"]).items()))
-                          if "classifier_chosen" in v else "xgboost (run before the rule)")
+                chosen = ", ".join(f"{n} x {c}" for c, n in sorted(Counter(v["classifier_chosen"]).items()))
                 lines.append(f"| {name} | {pct(v['accuracy'])} | {ci(v['ci95'].get('accuracy'))} | {pct(v['macro_f1'])} | {pct(v['auc_ovr'])} | "
-                             f"{pct(v.get('xgboost', v['accuracy']))} | {pct(v['head_softmax'])} | {chosen} | {v['wall_s']:.0f} s | "
+                             f"{pct(v['xgboost'])} | {pct(v['head_softmax'])} | {chosen} | {v['wall_s']:.0f} s | "
                              f"{v['peak_rss_mb'] / 1000:.1f} GB |")
         comp = central["variants"].get("fusion", {}).get("comparison", {})
         if comp:

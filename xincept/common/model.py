@@ -50,9 +50,6 @@ def with_views(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.nd
     return stacked, np.tile(y[idx], n_views + 1)
 
 
-SELECTION_RULE = "best validation accuracy (ties: xgboost)"
-
-
 def pick_classifier(val_accuracy: dict[str, float]) -> str:
     """``head_softmax`` when the head's softmax beats XGBoost on validation images, else ``xgboost``.
 

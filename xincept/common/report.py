@@ -147,9 +147,8 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         out += ["## Per-fold accuracy", "", "| fold | test images | chosen classifier | accuracy | XGBoost | head softmax |",
                 "|---|---|---|---|---|---|"]
         for f in metrics["folds"]:
-            xgb = f.get("xgboost", f)  # before the validation rule, a fold's own accuracy was XGBoost's
-            out.append(f"| {f['fold'] + 1} | {f['n_test']} | {f.get('classifier_chosen', 'xgboost')} | {_pct(f['accuracy'])} | "
-                       f"{_pct(xgb['accuracy'])} | {_pct(f['head_softmax']['accuracy'])} |")
+            out.append(f"| {f['fold'] + 1} | {f['n_test']} | {f['classifier_chosen']} | {_pct(f['accuracy'])} | "
+                       f"{_pct(f['xgboost']['accuracy'])} | {_pct(f['head_softmax']['accuracy'])} |")
         out.append("")
     if metrics.get("sites"):
         out += ["## Results at each site (held-out test split)", "",

@@ -32,7 +32,8 @@ from xincept.common.synthetic import write_image_folder
 for i, site in enumerate(["hospital-a", "hospital-b", "hospital-c"]):
     write_image_folder(Path(sys.argv[1]) / "data" / site, per_class=10, size=64, seed=i)
 PY
-printf 'group-block = 2\nlocal-epochs = 1\n' > "$work/fed.toml"
+# one head (not fedsgd's default three): each message starts a ClientApp process, so the demonstration stays short
+printf 'group-block = 2\nlocal-epochs = 1\nhead-members = 1\n' > "$work/fed.toml"
 
 echo "== server on 127.0.0.1:$port"
 setsid xincept-server start --out "$work/out" --tls-dir "$work/secrets/server" --auth-keys "$work/secrets/server/nodes" \

@@ -44,7 +44,7 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
 
     intruder_key = make_node_keys(tmp_path / "intruder", ["intruder"])["intruder"]  # a valid key pair, never registered
     cfg = tmp_path / "fed.toml"
-    cfg.write_text("group-block = 2\nlocal-epochs = 1\n")
+    cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\n")  # each message starts a ClientApp process
     port = free_port()
     out = tmp_path / "out"
     env = _env(tmp_path)

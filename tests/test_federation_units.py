@@ -67,6 +67,17 @@ def test_auto_strategy_settles_on_fedsgd_or_fedavg_with_dp_and_picks_its_rounds(
         FedSettings(strategy="fedsgd", dp_epsilon=3.0)
 
 
+def test_head_members_default_to_three_for_fedsgd_and_refuse_dp() -> None:
+    assert FedSettings().head_members == 3
+    assert FedSettings(strategy="fedavg").head_members == 1
+    assert FedSettings(dp_epsilon=8.0).head_members == 1
+    assert FedSettings(head_members=2).head_members == 2
+    with pytest.raises(SettingError, match="head-members=3 with dp-epsilon"):
+        FedSettings(strategy="fedavg", dp_epsilon=8.0, head_members=3)
+    with pytest.raises(SettingError, match="head-members=-1"):
+        FedSettings(head_members=-1)
+
+
 def test_fedsgd_site_steps_average_to_the_pooled_gradient_step() -> None:
     """Example-weighted FedAvg of the sites' w - g_i is w - g over the union: centralized full-batch, exactly."""
     import numpy as np

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from xincept.common.config import HeadConfig
-from xincept.common.head import FusedHead, add_sums, feature_sums, signed_log, sums_to_mean_std
+from xincept.common.head import (FusedHead, HeadEnsemble, add_sums, ensemble_state, feature_sums, head_for_state, member_count,
+                                 signed_log, sums_to_mean_std)
 
 
 def test_layer_shapes_follow_algorithm_1() -> None:
@@ -61,3 +62,22 @@ def test_standardisation_from_summed_site_statistics_equals_pooled() -> None:
     head.set_standardization([(mean, std)])
     out = head.norms[0](torch.as_tensor(np.concatenate([a, b]), dtype=torch.float32))
     assert torch.isfinite(out).all() and out.abs().mean() < 3
+
+
+def test_ensemble_averages_the_members_softmax_and_concatenates_their_embeddings() -> None:
+    torch.manual_seed(0)
+    heads = [FusedHead([12, 8], 4) for _ in range(3)]
+    state = ensemble_state([h.state_dict() for h in heads])
+    assert member_count(state) == 3 and member_count(heads[0].state_dict()) == 1
+    ens = head_for_state([12, 8], 4, HeadConfig(), state)
+    assert isinstance(ens, HeadEnsemble) and not ens.training
+    x = [torch.randn(6, 12), torch.randn(6, 8)]
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(h.eval()(x), 1) for h in heads]).mean(0)
+        assert torch.allclose(torch.softmax(ens(x), 1), want, atol=1e-6)
+        assert torch.allclose(ens.embed(x), torch.cat([h.embed(x) for h in heads], 1))
+    assert ens.embedding_dim == 3 * 64
+    single = head_for_state([12, 8], 4, HeadConfig(), ensemble_state([heads[0].state_dict()]))
+    assert isinstance(single, FusedHead)
+    with pytest.raises(ValueError, match="at least 2"):
+        HeadEnsemble([12, 8], 4, members=1)

@@ -12,7 +12,7 @@ from xincept.common.fedconfig import FedSettings
 
 pytestmark = pytest.mark.integration
 
-TINY = dict(backbones="test_resnet,test_efficientnet", input_size=80, pretrained=False, group_block=2, local_epochs=1)
+TINY = dict(backbones="test_resnet,test_efficientnet", input_size=80, pretrained=False, group_block=2, local_epochs=1, head_members=1)
 
 
 @pytest.fixture(scope="module")
@@ -70,26 +70,40 @@ def test_phases_write_the_bundle_metrics_and_report(data: Path, tmp_path: Path) 
     assert rows[0]["class"] in meta["classes"]
 
 
-def test_killed_run_resumes_to_the_same_head(data: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_heads_and_each_round_carries_one_head(data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
+    from xincept.client.predict import predict_images
     from xincept.server.federation import StoppedAfterRound
 
-    cache = tmp_path / "cache"
-    full = tmp_path / "full"
-    _run(data, full, cache, rounds=3, strategy="fedadam")
-    part = tmp_path / "part"
-    with pytest.raises(StoppedAfterRound):
-        _run(data, part, cache, rounds=3, strategy="fedadam", stop_after_round=2)
-    assert json.loads((part / "checkpoint" / "state.json").read_text())["completed_round"] == 2
+    cache, full, part = tmp_path / "cache", tmp_path / "full", tmp_path / "part"
+    run = dict(rounds=2, head_members=2, strategy="fedadam")  # local epochs and server Adam state both resume
+    metrics = _run(data, full, cache, **run)
+    assert metrics["head_members"] == 2 and len(metrics["selected_rounds"]) == 2
+    assert [(r["member"], r["round"]) for r in metrics["rounds"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    head = load_file(str(full / "model" / "head.safetensors"))
+    assert {k.split(".")[1] for k in head} == {"0", "1"}
+    assert not torch.equal(head["members.0.classifier.weight"], head["members.1.classifier.weight"])  # own initialisation
+    comm = metrics["communication"]
+    assert 2 * comm["bytes_per_site_per_round"] == sum(4 * v.numel() for v in head.values())  # a round carries one head
+    assert comm["rounds"] == 4 and comm["bytes_per_site_per_run"] == 2 * comm["bytes_per_site_per_round"] * 4
+    meta = json.loads((full / "model" / "model.json").read_text())
+    assert meta["head"]["members"] == 2 and meta["head"]["embedding_dim"] == 2 * 64  # XGBoost sees both embeddings
+    assert "ensemble of 2 fused heads" in metrics["classifier"]
+    assert (full / "plots" / "rounds.png").is_file()
+    rows = predict_images(full / "model", [data / "Pro" / "Pro-001.png"], cache)
+    assert rows[0]["class"] in meta["classes"]
+
+    with pytest.raises(StoppedAfterRound):  # killed in the second head's first round
+        _run(data, part, cache, **run, stop_after_round=3)
+    assert json.loads((part / "checkpoint" / "member-1" / "state.json").read_text())["completed_round"] == 1
     assert not (part / "model").exists()
-    resumed = _run(data, part, cache, rounds=3, strategy="fedadam", resume=True)
-    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
-    a = load_file(str(full / "model" / "head.safetensors"))
-    b = load_file(str(part / "model" / "head.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)  # thread scheduling reorders float sums
+    resumed = _run(data, part, cache, **run, resume=True)
+    assert [(r["member"], r["round"]) for r in resumed["rounds"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    again = load_file(str(part / "model" / "head.safetensors"))
+    assert head.keys() == again.keys()
+    for k in head:
+        torch.testing.assert_close(head[k], again[k], rtol=1e-4, atol=1e-5)
 
 
 def test_bagging_mode_and_head_only_mode(data: Path, tmp_path: Path) -> None:

@@ -100,8 +100,14 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     def train(msg: Message, context: Context) -> Message:
         local = _local(msg, context, partition_dir)
         state = msg.content["arrays"].to_torch_state_dict()
-        new_state, metrics = local_train(local, state, int(msg.content["config"]["server-round"]), _ledger(context, local, partition_dir))
-        return Message(RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+        cfg = msg.content["config"]
+        content = RecordDict()
+        if cfg.get("evaluate-split"):  # the received head's counts on a split first: saves the server a message per round
+            content["val"] = MetricRecord(local_evaluate(local, state, str(cfg["evaluate-split"])))
+        new_state, metrics = local_train(local, state, int(cfg["server-round"]), _ledger(context, local, partition_dir),
+                                         member=int(cfg.get("member", 0)))
+        content["arrays"], content["metrics"] = ArrayRecord(new_state), MetricRecord(metrics)
+        return Message(content, reply_to=msg)
 
     @app.train("xgb")
     def train_xgb(msg: Message, context: Context) -> Message:

@@ -24,7 +24,8 @@ ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record nam
     "query.join": {"info": None, "metrics": {"counts", "n-train", "n-val", "n-test", "n-groups", "backbone_bytes"}},
     "query.embed": {"sums": None, "metrics": {"embedded-now", "seconds", "num-examples"}},
     "train.head": {"arrays": None, "metrics": {"num-examples", "train-loss", "dp-epsilon", "dp-delta", "dp-noise_multiplier",
-                                               "dp-max_grad_norm", "dp-steps"}},
+                                               "dp-max_grad_norm", "dp-steps"},
+                   "val": COUNT_KEYS},  # the received head's validation counts, as evaluate.head sends them
     "train.xgb": {"metrics": {"num-examples"}, "booster": {"json"}},
     "train.xgb_bagging": {"metrics": {"num-examples"}, "booster": {"json"}},
     "evaluate.head": {"metrics": COUNT_KEYS},

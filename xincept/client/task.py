@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,12 @@ from xincept import __version__
 from xincept.common.config import default_cache_dir
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
-from xincept.common.head import FusedHead, feature_sums
+from xincept.common.head import FusedHead, HeadEnsemble, feature_sums, head_for_state
 from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
 from xincept.common.site_counts import site_counts
-from xincept.common.train_head import embed_features, gradient_step, predict_logits, softmax, train_epochs
+from xincept.common.train_head import embed_features, gradient_step, predict_logits, softmax, to_tensors, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,20 @@ class LocalSite:
     site: EmbeddedSite
     split: dict[str, np.ndarray]
     settings: FedSettings
+    standardised: dict[bytes, list[torch.Tensor]] = field(default_factory=dict, repr=False)  # fedsgd's training inputs
 
     @property
     def classes(self) -> list[str]:
         return self.site.classes
+
+    def standardised_train(self, head: FusedHead) -> list[torch.Tensor]:
+        """``head.standardise`` of the training split, computed once per set of statistics (they stay fixed in a run)."""
+        key = b"".join(t.numpy().tobytes() for norm in head.norms for t in (norm.mean, norm.std))
+        if key not in self.standardised:
+            self.standardised.clear()
+            with torch.no_grad():
+                self.standardised[key] = head.standardise(to_tensors(select(self.site.feats, self.split["train"])))
+        return self.standardised[key]
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,23 +99,25 @@ def train_feature_sums(local: LocalSite) -> list[dict[str, np.ndarray]]:
     return [feature_sums(f) for f in select(local.site.feats, local.split["train"])]
 
 
-def new_head_for(in_dims: list[int], num_classes: int, settings: FedSettings) -> FusedHead:
+def new_head_for(in_dims: list[int], num_classes: int, settings: FedSettings, member: int = 0) -> FusedHead:
+    """A fresh head; ``member`` > 0 gives another head of an ensemble its own initialisation."""
     cfg = settings.run_config().head
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + 7919 * member)
     return FusedHead(in_dims, num_classes, cfg)
 
 
-def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead:
-    feats = local.site.feats
-    head = new_head_for([f.shape[1] for f in feats], len(local.classes), local.settings)
-    head.load_state_dict(state)
-    head.eval()
-    return head
+def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead | HeadEnsemble:
+    """The head ``state`` describes: one fused head (head rounds) or the finished ensemble (xgb, validate)."""
+    cfg = local.settings.run_config().head
+    torch.manual_seed(cfg.seed)  # later local epochs draw their dropout masks from this state: runs stay reproducible
+    return head_for_state([f.shape[1] for f in local.site.feats], len(local.classes), cfg, state)
 
 
 def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int,
-                ledger: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                ledger: Path | None = None, member: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """E local epochs from the global head (one full-batch gradient step for fedsgd); returns the head and metrics.
+
+    ``member`` (which head of an ensemble the round trains) changes the dropout masks and minibatch order.
 
     With ``dp-epsilon`` set, the epochs are DP-SGD and ``ledger`` (a file on this site's disk) records the
     steps spent; the round is refused when it would overspend the site's budget.
@@ -114,12 +126,12 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
     feats = local.site.feats
     head = _head(local, state)
     idx = local.split["train"]
-    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name))
+    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name)) + member * 7919
     if s.dp_epsilon > 0:
         loss, dp = _dp_round(local, head, idx, seed, server_round, ledger)
         return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss), **dp}
     if s.strategy == "fedsgd":
-        loss = gradient_step(head, select(feats, idx), local.site.y[idx], seed=seed)
+        loss = gradient_step(head, local.standardised_train(head), local.site.y[idx], seed=seed, standardised=True)
         return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss)}
     mu = s.proximal_mu if s.strategy == "fedprox" else 0.0
     loss = train_epochs(head, select(feats, idx), local.site.y[idx], s.local_epochs, head.cfg, seed=seed, prox_mu=mu)

@@ -26,7 +26,8 @@ def write_bundle(path: Path, model: XinceptModel, meta: dict[str, Any]) -> None:
         **meta,
         "classes": model.classes,
         "num_classes": len(model.classes),
-        "head": {"in_dims": head.in_dims, "embedding_dim": head.embedding_dim, "config": _head_cfg(head.cfg)},
+        "head": {"in_dims": head.in_dims, "embedding_dim": head.embedding_dim, "config": _head_cfg(head.cfg),
+                 "members": len(getattr(head, "members", [head]))},
         "classifier": ({"kind": "xgboost", "features": model.xgb_features,
                         "best_iteration": getattr(model.booster, "best_iteration", None)}
                        if model.booster is not None else {"kind": "head-softmax", "features": "embedding"}),
@@ -64,14 +65,13 @@ def read_bundle(path: Path) -> tuple[XinceptModel, dict[str, Any]]:
     import xgboost as xgb
     from safetensors.torch import load_file
 
-    from xincept.common.head import FusedHead
+    from xincept.common.head import head_for_state
 
     meta = read_meta(path)
     cfg_d = dict(meta["head"]["config"])
     cfg_d["fusion_widths"] = tuple(cfg_d["fusion_widths"])
-    head = FusedHead(meta["head"]["in_dims"], meta["num_classes"], HeadConfig(**cfg_d))
-    head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
-    head.eval()
+    head = head_for_state(meta["head"]["in_dims"], meta["num_classes"], HeadConfig(**cfg_d),
+                          load_file(str(Path(path) / "head.safetensors")))
     booster = None
     if meta["classifier"]["kind"] == "xgboost":
         booster = xgb.Booster()

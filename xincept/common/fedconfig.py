@@ -15,6 +15,9 @@ STRATEGIES = ("fedsgd", "fedavg", "fedprox", "fedadam", "trimmed-mean", "krum")
 # What "auto" settles to. fedsgd takes one step per round, so it needs many more rounds than local-epoch rules.
 AUTO_ROUNDS = {"fedsgd": 150}
 AUTO_SERVER_LR = {"fedsgd": 0.02}
+# fedsgd's outcome hinges on few full-batch steps: heads from other initialisations and dropout masks differ by
+# points on the same split, and their average is steadier (bench/results/fed_*members*).
+AUTO_HEAD_MEMBERS = {"fedsgd": 3}
 DEFAULT_ROUNDS, DEFAULT_SERVER_LR = 20, 0.05
 
 
@@ -29,6 +32,7 @@ class FedSettings:
     proximal_mu: float = 0.01
     server_lr_schedule: str = "constant"  # fedsgd: constant | cosine (decay of the server step over the rounds)
     server_lr: float = 0.0  # server Adam step (fedsgd, fedadam); 0: 0.02 for fedsgd, 0.05 for fedadam
+    head_members: int = 0  # heads trained one after another (own init and dropout) and averaged; 0: 3 for fedsgd, else 1
     min_sites: int = 2
     max_update_norm: float = 0.0  # updates farther than this from the global head are rejected (0: no bound)
     max_norm_ratio: float = 10.0  # ... or farther than this many times the round's median distance (3+ sites)
@@ -87,6 +91,13 @@ class FedSettings:
             object.__setattr__(self, "rounds", AUTO_ROUNDS.get(self.strategy, DEFAULT_ROUNDS))
         if self.server_lr == 0:
             object.__setattr__(self, "server_lr", AUTO_SERVER_LR.get(self.strategy, DEFAULT_SERVER_LR))
+        if self.head_members == 0:
+            object.__setattr__(self, "head_members", 1 if self.dp_epsilon > 0 else AUTO_HEAD_MEMBERS.get(self.strategy, 1))
+        if self.head_members < 1:
+            raise SettingError(f"head-members={self.head_members}: give 1 or more heads (0 for the strategy's default)")
+        if self.head_members > 1 and self.dp_epsilon > 0:
+            raise SettingError(f"head-members={self.head_members} with dp-epsilon: every head would spend the sites' privacy "
+                               "budget again; use --head-members 1 with DP-SGD")
         if self.rounds < 1 or self.local_epochs < 1:
             raise SettingError("rounds and local-epochs must be at least 1")
         from xincept.common.splits import holdout_folds

@@ -89,13 +89,18 @@ class FusedHead(nn.Module):
     def embedding_dim(self) -> int:
         return self.cfg.fusion_widths[1]
 
-    def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The shared embedding: (B, 64)."""
-        outs = [branch(self.drop(norm(x))) for norm, branch, x in zip(self.norms, self.branches, feats)]  # K each
+    def standardise(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each branch's standardised input; fixed while the statistics are, so a site can keep it between rounds."""
+        return [norm(x) for norm, x in zip(self.norms, feats)]
+
+    def embed(self, feats: list[torch.Tensor], standardised: bool = False) -> torch.Tensor:
+        """The shared embedding: (B, 64). ``standardised``: ``feats`` already went through :meth:`standardise`."""
+        zs = feats if standardised else self.standardise(feats)
+        outs = [branch(self.drop(z)) for branch, z in zip(self.branches, zs)]  # K each
         return self.fusion(torch.cat(outs, dim=1))  # (B, K * n_branches) -> (B, 64)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.embed(feats))
+    def forward(self, feats: list[torch.Tensor], standardised: bool = False) -> torch.Tensor:
+        return self.classifier(self.embed(feats, standardised))
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style L2 (0.01 * sum w^2) on the linear K-wide layers, as in Algorithm 1."""
@@ -109,3 +114,59 @@ class FusedHead(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What federated rounds exchange: every parameter and buffer of the head."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+class HeadEnsemble(nn.Module):
+    """Several fused heads trained apart (different initialisations and dropout masks), used as one model.
+
+    ``forward`` returns log(mean of the members' softmax), so a softmax of it averages the members'
+    probabilities; ``embed`` concatenates the members' embeddings (XGBoost's input, ``64 * members`` wide).
+    Each member is trained and exchanged on its own; only the finished model holds them all.
+    """
+
+    def __init__(self, in_dims: list[int], num_classes: int, cfg: HeadConfig = HeadConfig(), members: int = 2) -> None:
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        self.in_dims, self.num_classes, self.cfg = list(in_dims), num_classes, cfg
+        self.members = nn.ModuleList(FusedHead(in_dims, num_classes, cfg) for _ in range(members))
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(m.embedding_dim for m in self.members)
+
+    def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([m.embed(feats) for m in self.members], dim=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        logp = torch.stack([torch.log_softmax(m(feats), dim=1) for m in self.members])  # (members, B, K)
+        return torch.logsumexp(logp, dim=0) - float(np.log(len(self.members)))
+
+    def set_standardization(self, stats: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for m in self.members:
+            m.set_standardization(stats)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def member_count(state: dict[str, torch.Tensor]) -> int:
+    """How many heads a state holds: 1 for a :class:`FusedHead`, else the members of a :class:`HeadEnsemble`."""
+    ids = {int(k.split(".")[1]) for k in state if k.startswith("members.")}
+    return len(ids) if ids else 1
+
+
+def ensemble_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The state of the model made of ``states`` (one head's state as it is; several as a :class:`HeadEnsemble`)."""
+    if len(states) == 1:
+        return dict(states[0])
+    return {f"members.{i}.{k}": v for i, s in enumerate(states) for k, v in s.items()}
+
+
+def head_for_state(in_dims: list[int], num_classes: int, cfg: HeadConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A :class:`FusedHead` or :class:`HeadEnsemble` shaped for ``state``, with ``state`` loaded, in eval mode."""
+    k = member_count(state)
+    head = FusedHead(in_dims, num_classes, cfg) if k == 1 else HeadEnsemble(in_dims, num_classes, cfg, k)
+    head.load_state_dict(state)
+    head.eval()
+    return head

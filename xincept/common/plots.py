@@ -29,7 +29,9 @@ def _png(plt, fig) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
-def rounds_plot(rounds: list[dict[str, Any]], selected: int | None) -> bytes:
+def rounds_plot(rounds: list[dict[str, Any]], selected: int | list[int] | None) -> bytes:
+    if len({x.get("member", 0) for x in rounds}) > 1:
+        return members_rounds_plot(rounds, selected if isinstance(selected, list) else [])
     plt, fig = _figure(9, 3.6)
     r = [x["round"] for x in rounds]
     ax1, ax2 = fig.subplots(1, 2)
@@ -41,6 +43,24 @@ def rounds_plot(rounds: list[dict[str, Any]], selected: int | None) -> bytes:
         ax1.axvline(selected, color="grey", ls="--", lw=1, label=f"selected round {selected}")
     ax1.set(xlabel="round", ylabel="validation accuracy", title="Validation accuracy per round")
     ax2.set(xlabel="round", ylabel="local training loss", title="Training loss at each site")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def members_rounds_plot(rounds: list[dict[str, Any]], selected: list[int]) -> bytes:
+    """Several heads (``head-members``): each head's pooled validation accuracy and mean site loss per round."""
+    plt, fig = _figure(9, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    for m in sorted({x.get("member", 0) for x in rounds}):
+        mine = [x for x in rounds if x.get("member", 0) == m]
+        r = [x["round"] for x in mine]
+        line, = ax1.plot(r, [x["val"]["global"]["accuracy"] for x in mine], lw=1.5, label=f"head {m + 1}")
+        ax2.plot(r, [np.mean(list(x["train_loss"].values())) for x in mine], lw=1.5, color=line.get_color(), label=f"head {m + 1}")
+        if m < len(selected):
+            ax1.axvline(selected[m], color=line.get_color(), ls="--", lw=1)
+    ax1.set(xlabel="round", ylabel="validation accuracy (all sites)", title="Validation accuracy per round (dashed: kept round)")
+    ax2.set(xlabel="round", ylabel="mean local training loss", title="Training loss, mean over sites")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     return _png(plt, fig)
@@ -130,7 +150,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
     settings = metrics.get("settings", {})
     jobs = []
     if metrics.get("rounds"):
-        jobs.append(("Per-round curves", "rounds.png", lambda: rounds_plot(metrics["rounds"], metrics.get("selected_round"))))
+        jobs.append(("Per-round curves", "rounds.png", lambda: rounds_plot(metrics["rounds"], metrics.get("selected_rounds", metrics.get("selected_round")))))
     if metrics.get("sites"):
         jobs.append(("Confusion matrix at each site (test split; withheld cells shown as <N)", "confusion_sites.png",
                      lambda: confusion_plot(metrics["sites"], classes, int(settings.get("min-cell-count", 5)))))

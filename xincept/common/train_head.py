@@ -66,17 +66,18 @@ def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs
     return last
 
 
-def gradient_step(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, seed: int = 0) -> float:
+def gradient_step(head: FusedHead, feats: list[np.ndarray] | list[torch.Tensor], y: np.ndarray, seed: int = 0,
+                  standardised: bool = False) -> float:
     """One step w <- w - g, with g the gradient of the mean loss (plus Algorithm 1's L2) over all of ``feats``.
 
     Federated SGD: the example-weighted mean of the sites' results is w minus the gradient over every site's
     images, exactly what a centralized full-batch step would compute; the server's optimiser takes the step.
-    Returns the loss before the step.
+    Returns the loss before the step. ``standardised``: ``feats`` are tensors from ``head.standardise``.
     """
-    xs, yt = to_tensors(feats), torch.as_tensor(y, dtype=torch.long)
+    xs, yt = (feats if standardised else to_tensors(feats)), torch.as_tensor(y, dtype=torch.long)
     torch.manual_seed(seed)  # the dropout mask
     head.train()
-    loss = nn.functional.cross_entropy(head(xs), yt)
+    loss = nn.functional.cross_entropy(head(xs, standardised=standardised), yt)
     head.zero_grad()
     (loss + head.l2_penalty()).backward()
     with torch.no_grad():

@@ -18,6 +18,9 @@ TestFoldOpt = Annotated[int, typer.Option("--test-fold", help="Which grouped fol
 StrategyOpt = Annotated[str, typer.Option("--strategy", help="auto (fedsgd; fedavg with --dp-epsilon), fedsgd (one full-batch gradient "
                         "step per round, server Adam: matches centralized training), fedavg, fedprox, fedadam, or a robust rule: "
                         "trimmed-mean, krum.")]
+HeadMembersOpt = Annotated[int, typer.Option("--head-members", help="Heads trained one after another (own initialisation and dropout "
+                            "masks) whose softmax is averaged and whose embeddings feed XGBoost side by side; every round still "
+                            "carries one head. 0: 3 for fedsgd, 1 for the others (and with --dp-epsilon).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
 XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
 DisclosureOpt = Annotated[str, typer.Option("--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
@@ -37,6 +40,7 @@ def simulate(
     rounds: RoundsOpt = 0,
     local_epochs: EpochsOpt = 5,
     strategy: StrategyOpt = "auto",
+    head_members: HeadMembersOpt = 0,
     xgb_mode: XgbModeOpt = "histogram",
     no_pretrained: NoPretrainedOpt = False,
     weights_dir: WeightsDirOpt = None,
@@ -62,7 +66,7 @@ def simulate(
     from xincept.common.fedconfig import FedSettings, load_settings_file
     from xincept.server.simulate import run_simulated_federation
 
-    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, backbones=backbones, input_size=input_size,
+    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
                                 group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
                                 disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),
                            always=("loso",))  # leave-one-site-out is always on in simulation unless --no-loso
@@ -73,6 +77,7 @@ def simulate(
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
         merged.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False)
         merged.setdefault("rounds", 30)  # fedsgd: one step per round; 30 fit the synthetic classes
+        merged.setdefault("head_members", 1)  # one head: the demonstration stays within a few minutes
     settings = FedSettings.from_flat(merged)
     metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir,
                                        reference=reference)

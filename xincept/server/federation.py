@@ -18,13 +18,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from xincept import __version__
-from xincept.client.task import new_head_for
 from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.splits import holdout_folds
-from xincept.common.head import add_sums, sums_to_mean_std
+from xincept.common.head import add_sums, ensemble_state, head_for_state, sums_to_mean_std
 from xincept.common.metrics import wilson_interval
 from xincept.common.model import XinceptModel, pick_classifier
 from xincept.common.report import write_reports
@@ -64,6 +63,27 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
+POLL_FIRST_S, POLL_MAX_S = 0.005, 0.25
+
+
+def send_and_receive(grid: Grid, msgs: list[Message], timeout: float) -> list[Message]:
+    """``grid.send_and_receive`` with a short, growing pull interval.
+
+    Flower's grids pull replies every 0.1 s (simulation) or 3 s (deployment), which made most of a fedsgd
+    round's time waiting; here the interval starts at 5 ms and grows to 0.25 s while sites compute.
+    """
+    pending = set(grid.push_messages(msgs))
+    deadline, pause, replies = time.monotonic() + timeout, POLL_FIRST_S, []
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_MAX_S)
+    return replies
+
+
 def ask(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDict | dict[int, RecordDict],
         timeout: float) -> dict[int, Message]:
     """Send one message per node (the same content, or one per node) and collect every reply.
@@ -72,7 +92,7 @@ def ask(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDic
     """
     msgs = [Message(content=content[n] if isinstance(content, dict) else content, message_type=message_type, dst_node_id=n)
             for n in nodes]
-    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=timeout)}
+    replies = {m.metadata.src_node_id: m for m in send_and_receive(grid, msgs, timeout)}
     missing = [nodes[n] for n in nodes if n not in replies]
     if missing:
         raise FederationError(f"{message_type}: no reply from site(s) {missing} within {timeout:.0f} s")
@@ -119,7 +139,7 @@ def train_global_model(grid: Grid, nodes: dict[int, str], settings: FedSettings,
     """Head rounds and the xgb phase among ``nodes``; input standardisation from their summed statistics."""
     branches = sorted(next(iter(site_sums.values())))
     stats = [sums_to_mean_std(add_sums([site_sums[n][b] for n in nodes])) for b in branches]
-    result = run_head_rounds(ask, grid, nodes, settings, classes, stats, config, ckpt_dir, label, stop_after_round)
+    result = train_heads(grid, nodes, settings, classes, stats, config, ckpt_dir, label, stop_after_round)
     booster_raw, xgb_info = None, {"mode": "none"}
     if settings.xgb_mode != "none":
         booster_raw, xgb_info = run_xgb_phase(ask, grid, nodes, settings, result.state, config,
@@ -127,6 +147,37 @@ def train_global_model(grid: Grid, nodes: dict[int, str], settings: FedSettings,
         if settings.select_classifier == "best-val":
             booster_raw = choose_classifier(grid, nodes, settings, classes, result.state, booster_raw, config, xgb_info, label)
     return result, booster_raw, xgb_info
+
+
+def member_dir(ckpt_dir: Path, member: int, members: int) -> Path:
+    """Where one head's checkpoint lives: ``ckpt_dir`` itself for a single head, else ``ckpt_dir/member-M``."""
+    return ckpt_dir if members == 1 else ckpt_dir / f"member-{member}"
+
+
+def train_heads(grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
+                stats: list[tuple[np.ndarray, np.ndarray]], config: Any, ckpt_dir: Path, label: str,
+                stop_after_round: int = 0) -> HeadResult:
+    """``head-members`` heads, one after another, each with its own rounds and checkpoint; one model of them all.
+
+    Each head keeps its best-validation round; the result's state is that head, or the ensemble of them all
+    (:class:`~xincept.common.head.HeadEnsemble`), and its rounds are every head's rounds in order.
+    """
+    k = settings.head_members
+    results = []
+    for m in range(k):
+        name = label if k == 1 else f"{label} head {m + 1}/{k}"
+        stop = max(stop_after_round - m * settings.rounds, 0) if stop_after_round else 0  # counts rounds over all heads
+        results.append(run_head_rounds(ask, grid, nodes, settings, classes, stats, config, member_dir(ckpt_dir, m, k), name,
+                                       stop, member=m))
+    if k == 1:
+        return results[0]
+    merged = HeadResult(ensemble_state([r.state for r in results]),
+                        rounds=[x for r in results for x in r.rounds], selected_round=results[0].selected_round,
+                        seconds=sum(r.seconds for r in results), member_rounds=[r.selected_round for r in results])
+    for r in results:
+        for site, why in r.rejected.items():
+            merged.rejected.setdefault(site, []).extend(why)
+    return merged
 
 
 def choose_classifier(grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str], state: dict,
@@ -174,7 +225,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     t0 = time.perf_counter()
     out = Path(settings.out_dir)
     ckpt_dir = out / "checkpoint"
-    ckpt = load_checkpoint(ckpt_dir) if settings.resume else None
+    ckpt = load_checkpoint(member_dir(ckpt_dir, 0, settings.head_members)) if settings.resume else None
     if settings.resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s, starting from round 1", ckpt_dir)
     elif ckpt is not None and ckpt.completed_round >= settings.rounds:
@@ -221,7 +272,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     result, booster_raw, xgb_info = train_global_model(grid, nodes, settings, classes, site_sums, config, n_train,
                                                        ckpt_dir, "global", settings.stop_after_round)
     state, rounds, selected_round, t_rounds = result.state, result.rounds, result.selected_round, result.seconds
-    nbytes = state_bytes(state)
+    members = settings.head_members
+    nbytes = state_bytes(state) // members  # a round carries one head, whatever the number of heads
 
     # -- validate -----------------------------------------------------------------------------
     t_val = time.perf_counter()
@@ -243,8 +295,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     t_val = time.perf_counter() - t_val
     correct = int(round(glob["accuracy"] * glob["n"]))  # released exactly, whatever cells were withheld
     glob["ci95"] = {"accuracy": wilson_interval(correct, glob["n"])}
-    head = new_head_for([len(v["sum"]) for _, v in sorted(next(iter(site_sums.values())).items())], len(classes), settings)
-    head.load_state_dict(state)
+    head = head_for_state([len(v["sum"]) for _, v in sorted(next(iter(site_sums.values())).items())], len(classes),
+                          settings.run_config().head, state)
     privacy = privacy_by_site(rounds + loso_rounds)
     weights = "random" if any(s.info.get("weights") == "random" for s in sites) else "pretrained"
     protocol = {
@@ -260,10 +312,13 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     metrics = {
         "protocol": protocol,
         "weights": weights,
-        "classifier": (f"fused head (federated {settings.strategy}, {settings.rounds} rounds x "
+        "classifier": ((f"ensemble of {members} fused heads (their softmax averaged, their embeddings concatenated), each "
+                        if members > 1 else "fused head (")
+                       + f"federated {settings.strategy}, {settings.rounds} rounds x "
                        + ("one full-batch gradient step, server Adam" if settings.strategy == "fedsgd"
                           else f"{settings.local_epochs} local epochs") + ", "
-                        f"round {selected_round} selected by {settings.select_round})"
+                       + (f"rounds {', '.join(map(str, result.member_rounds))} selected by {settings.select_round}"
+                          if members > 1 else f"round {selected_round} selected by {settings.select_round})")
                        + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")
                        + (" (chosen by pooled validation accuracy)" if "selection" in xgb_info else "")),
         "global": glob,
@@ -271,6 +326,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
                          "sites": {s: {"accuracy": v["accuracy"], "n": v["n"]} for s, v in head_sites.items()}},
         "xgb": xgb_info,
         "selected_round": selected_round,
+        "head_members": members,
+        **({"selected_rounds": result.member_rounds} if members > 1 else {}),
         "sites": per_site,
         "cross_site": cross_site,
         "disclosure": {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
@@ -283,8 +340,9 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
            if settings.central_dp_noise > 0 else {}),
         "rounds": rounds,
         "communication": {"bytes_per_site_per_round": nbytes, "bytes_per_site_per_round_both_ways": 2 * nbytes,
-                          "full_model_bytes": nbytes + int(sites[0].info.get("backbone_bytes", 0)),
-                          "rounds": settings.rounds, "bytes_per_site_per_run": 2 * nbytes * settings.rounds},
+                          "full_model_bytes": state_bytes(state) + int(sites[0].info.get("backbone_bytes", 0)),
+                          "rounds": settings.rounds * members, "head_members": members,
+                          "bytes_per_site_per_run": 2 * nbytes * settings.rounds * members},
         "embedding": embed_stats,
         "timing_s": {"embed": round(t_embed, 2), "head_rounds": round(t_rounds, 2), "xgb": xgb_info.get("seconds", 0.0),
                      "validate": round(t_val, 2),

@@ -35,6 +35,7 @@ class HeadResult:
     selected_round: int = 0
     seconds: float = 0.0
     rejected: dict[str, list[str]] = field(default_factory=dict)  # site -> reasons, over all rounds
+    member_rounds: list[int] = field(default_factory=list)  # each head's selected round (several heads only)
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -48,14 +49,17 @@ def round_releases(replies: dict, nodes: dict[int, str]) -> dict[str, dict[str, 
 
 def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
                     stats: list[tuple[np.ndarray, np.ndarray]], config: Callable[..., ConfigRecord], ckpt_dir: Path,
-                    label: str = "global", stop_after_round: int = 0) -> HeadResult:
+                    label: str = "global", stop_after_round: int = 0, member: int = 0) -> HeadResult:
     """R rounds of E local epochs at ``nodes``; resumes from ``ckpt_dir`` when ``settings.resume``.
+
+    ``member`` numbers the head when several are trained (``head-members``): it sets the initialisation and,
+    at the sites, the dropout masks; each member has its own ``ckpt_dir``.
 
     The returned head is the round with the best validation accuracy pooled over the sites (ties: lower
     loss), as centralized early stopping selects its epoch, or the last round (``select-round last``).
     """
     ckpt = load_checkpoint(ckpt_dir) if settings.resume else None
-    head = new_head_for([len(m) for m, _ in stats], len(classes), settings)
+    head = new_head_for([len(m) for m, _ in stats], len(classes), settings, member)
     head.set_standardization(stats)
     state = head.trainable_state()
     strategy = make_strategy(settings, len(nodes))
@@ -75,13 +79,39 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
     reference = {k: tuple(v.shape) for k, v in state.items()}
     dtypes = {k: v.dtype for k, v in state.items()}
     t0 = time.perf_counter()
+
+    def record_val(releases: dict[str, dict[str, Any]], evaluated: dict[str, torch.Tensor]) -> None:
+        """Validation counts of the head after the last recorded round; keeps the best head."""
+        nonlocal best_state, best_key
+        rec = result.rounds[-1]
+        glob = pooled_metrics([releases[s] for s in sorted(releases)], classes)  # fixed order: the same float sums
+        sites = {s: pooled_metrics([rel], classes) for s, rel in sorted(releases.items())}
+        rec["val"] = {"global": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "n")},
+                      "sites": {s: {k: v[k] for k in ("accuracy", "loss", "n")} for s, v in sites.items()}}
+        log.info("%s round %d/%d: val accuracy %.3f, loss %.4f", label, rec["round"], settings.rounds, glob["accuracy"], glob["loss"])
+        if (glob["accuracy"], -glob["loss"]) > best_key:  # ties: lower loss, as in centralized early stopping
+            best_state, best_key, result.selected_round = ({k: v.clone() for k, v in evaluated.items()},
+                                                           (glob["accuracy"], -glob["loss"]), rec["round"])
+
+    def checkpoint(r: int) -> None:
+        save_checkpoint(ckpt_dir, Checkpoint(r, state, result.rounds, strategy_state(strategy),
+                                             {"classes": classes, "best_round": result.selected_round, "rejected": result.rejected},
+                                             best_state=best_state))
+
     for r in range(start, settings.rounds + 1):
         tr = time.perf_counter()
         arrays = ArrayRecord(state)
         set_current(strategy, arrays)
         set_round(strategy, settings, r)
-        replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**{"server-round": r})}),
-                      settings.round_timeout)
+        # the sites first score the head they receive (the last round's result) on their validation split: one
+        # message per round instead of two; the last round's head is scored after the loop
+        pending_val = bool(result.rounds) and "val" not in result.rounds[-1]
+        extra = {"server-round": r, "member": member, **({"evaluate-split": "val"} if pending_val else {})}
+        replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**extra)}), settings.round_timeout)
+        if pending_val:
+            record_val({nodes[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
+            for m in replies.values():  # Flower's strategies aggregate replies of one MetricRecord
+                del m.content["val"]
         accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
                                                    settings.max_norm_ratio)
         for site, why in rejected.items():
@@ -95,28 +125,21 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             raise XinceptError(f"{label} round {r}: no update could be aggregated")
         # back to each tensor's own dtype: Flower's FedAdam does its arithmetic in float64 and would double the bytes
         state = {k: v.to(dtypes[k]) for k, v in agg.to_torch_state_dict().items()}
-        val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(split="val")}),
-                  settings.round_timeout)
-        releases = round_releases(val, nodes)
-        glob = pooled_metrics(list(releases.values()), classes)
-        sites = {s: pooled_metrics([rel], classes) for s, rel in sorted(releases.items())}
         result.rounds.append({
             "round": r,
+            "member": member,
             "seconds": round(time.perf_counter() - tr, 3),
             "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()},
             "update_norm": norms,
             "rejected": sorted(rejected),
             "privacy": {nodes[n]: {k.removeprefix("dp-"): float(v) for k, v in m.content["metrics"].items() if k.startswith("dp-")}
                         for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
-            "val": {"global": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "n")},
-                    "sites": {s: {k: v[k] for k in ("accuracy", "loss", "n")} for s, v in sites.items()}},
         })
-        log.info("%s round %d/%d: val accuracy %.3f, loss %.4f", label, r, settings.rounds, glob["accuracy"], glob["loss"])
-        if (glob["accuracy"], -glob["loss"]) > best_key:  # ties: lower loss, as in centralized early stopping
-            best_state, best_key, result.selected_round = {k: v.clone() for k, v in state.items()}, (glob["accuracy"], -glob["loss"]), r
-        save_checkpoint(ckpt_dir, Checkpoint(r, state, result.rounds, strategy_state(strategy),
-                                             {"classes": classes, "best_round": result.selected_round, "rejected": result.rejected},
-                                             best_state=best_state))
+        if r == settings.rounds:
+            val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(split="val")}),
+                      settings.round_timeout)
+            record_val(round_releases(val, nodes), state)
+        checkpoint(r)
         if stop_after_round == r:
             raise StoppedAfterRound(f"stopped after round {r} (stop-after-round)")
     result.seconds = time.perf_counter() - t0

@@ -36,7 +36,7 @@ def summarize(name: str, metrics: dict, measured: dict, args: argparse.Namespace
                              "--partition", args.partition, "--no-pretrained", *extra]),
         "weights": metrics["weights"], "input_size": metrics["settings"]["input-size"], "seed": metrics["settings"]["seed"],
         "protocol": metrics["protocol"]["description"], "classifier": metrics["classifier"],
-        "strategy": metrics["settings"]["strategy"],
+        "strategy": metrics["settings"]["strategy"], "head_members": metrics.get("head_members", 1),
         "partition": metrics["partition"],
         "accuracy": g["accuracy"], "accuracy_ci95": g["ci95"]["accuracy"], "n_test": g["n"], "macro_f1": g["macro_f1"],
         "auc_ovr": g.get("auc_ovr"),

@@ -51,6 +51,15 @@ def classifier(r: dict) -> str:
             else f"{'XGBoost (' + mode + ')' if n_xgb else 'head softmax'}, chosen by validation accuracy")
 
 
+def head_strategy(r: dict) -> str:
+    """The head rounds' rule and how many heads were trained (``head-members``; runs before it had one head)."""
+    one = r["fold_runs"][0] if "fold_runs" in r else r
+    found = re.match(r"ensemble of (\d+) fused heads", one.get("classifier", ""))
+    heads = int(one.get("head_members") or (found.group(1) if found else 1))
+    strategy = one.get("strategy") or r.get("strategy") or LEGACY
+    return f"{strategy}, {heads} heads averaged" if heads > 1 else (f"{strategy}, 1 head" if strategy == "fedsgd" else strategy)
+
+
 def run_table(columns: list[str], runs: dict[str, dict], row) -> list[str]:
     """A markdown table with one row per run; a failed run gets its error in the column after the name."""
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -66,12 +75,12 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
         fed = cv["federated"]
         head, xgb, sel = (cv.get(f"centralized_{k}", {}) for k in ("head_softmax", "xgboost", "selected"))
         gap = cv.get("gap_points", {}).get("pooled")
-        return [r["partition"]["scheme"], classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
+        return [r["partition"]["scheme"], head_strategy(r), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
                 f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f}",
                 f"{pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / {pct(sel.get('accuracy'))}",
                 "-" if gap is None else f"{gap:+.1f}", "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
 
-    return run_table(["run", "partition", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
+    return run_table(["run", "partition", "head strategy", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
                       "centralized, same folds: head / XGBoost / chosen by validation",
                       "gap to centralized, same classifier rule (points)", "DP epsilon spent (max)", "wall time (5 runs)"], runs, row)
 
@@ -79,7 +88,7 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
 def federated_table(runs: dict[str, dict]) -> list[str]:
     def row(r: dict) -> list[str]:
         ref, eps = r["centralized_reference"], _eps(r["privacy"])
-        return [r["partition"]["scheme"], str(r["seed"]), r.get("strategy", LEGACY), classifier(r), pct(r["accuracy"]),
+        return [r["partition"]["scheme"], str(r["seed"]), head_strategy(r), classifier(r), pct(r["accuracy"]),
                 ci(r["accuracy_ci95"]),
                 " / ".join(pct(ref.get(k, {}).get("accuracy")) for k in ("head_softmax", "xgboost", "selected")),
                 "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
@@ -231,7 +240,7 @@ def main() -> None:
             one = r["fold_runs"][0] if "fold_runs" in r else r
             if "timing_s" in one:
                 t, c = one["timing_s"], one["communication"]
-                strategy = one.get("strategy", LEGACY)
+                strategy = head_strategy(one)
                 lines.append(f"| {name} | {strategy} | {t['embed']:.0f} s | {t['head_rounds']:.0f} s | {c['rounds']} | {one['seconds_per_round']:.2f} s | "
                              f"{t['xgb']:.0f} s | {t.get('validate', 0):.0f} s | {t['total']:.0f} s | {one['wall_s']:.0f} s | "
                              f"{one['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")

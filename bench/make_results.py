@@ -250,6 +250,12 @@ def main() -> None:
             lines += ["", f"Rows {', '.join(widened)} were measured before a fix in head rounds: Flower's FedAdam (inside fedsgd) "
                       "returned float64 arrays, so the head went out at twice its float32 size. Since the fix every tensor keeps its "
                       "dtype and a round sends the float32 head (tests/test_simulation.py checks bytes = 4 x parameters)."]
+        slow = sorted(name for name, r in runs.items()
+                      if "3 heads" in head_strategy(r) and (r["fold_runs"][0] if "fold_runs" in r else r).get("seconds_per_round", 0) > 1.0)
+        if slow:
+            lines += ["", f"Rows {', '.join(slow)} ran before two speed-ups of the head rounds that leave every result bit-identical "
+                      "(the received head's validation counts ride on the training message; the server polls for replies from 5 ms "
+                      "instead of every 0.1 s), and beside another benchmark on the 2 cores: their times are not today's."]
         first = next((r["fold_runs"][0] if "fold_runs" in r else r) for r in runs.values() if "error" not in r)
         lines += ["", "Process wall time includes Ray start-up, partitioning and (except `iid_timing`, `--no-reference`) the centralized "
                   "reference fit; `dirichlet` also trains the four leave-one-site-out federations (validate phase). Full model "

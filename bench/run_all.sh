@@ -26,6 +26,7 @@ fed labelskew_cv --folds 5 --sites 4 --partition label-skew:2 --no-loso
 fed dirichlet --sites 4 --partition dirichlet:0.5          # the command as is: fold 0, with leave-one-site-out
 for seed in 1 2; do fed "dirichlet_seed$seed" --sites 4 --partition dirichlet:0.5 --no-loso --seed "$seed"; done
 fed iid_timing --sites 4 --partition iid --no-loso --no-reference   # wall time of the federation alone
+fed iid_timing_1head --sites 4 --partition iid --no-loso --no-reference --head-members 1   # ... with one head (a third of the rounds)
 fed bagging_iid_cv --folds 5 --sites 4 --partition iid --xgb-mode bagging --no-loso
 fed bagging_dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
 for eps in 8 3 1; do fed "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done

@@ -99,10 +99,13 @@ def train_feature_sums(local: LocalSite) -> list[dict[str, np.ndarray]]:
     return [feature_sums(f) for f in select(local.site.feats, local.split["train"])]
 
 
+MEMBER_SEED_STRIDE = 7919  # head M of an ensemble: initialisation and dropout seeds shifted by M x this prime
+
+
 def new_head_for(in_dims: list[int], num_classes: int, settings: FedSettings, member: int = 0) -> FusedHead:
     """A fresh head; ``member`` > 0 gives another head of an ensemble its own initialisation."""
     cfg = settings.run_config().head
-    torch.manual_seed(cfg.seed + 7919 * member)
+    torch.manual_seed(cfg.seed + MEMBER_SEED_STRIDE * member)
     return FusedHead(in_dims, num_classes, cfg)
 
 
@@ -126,7 +129,7 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
     feats = local.site.feats
     head = _head(local, state)
     idx = local.split["train"]
-    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name)) + member * 7919
+    seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name)) + member * MEMBER_SEED_STRIDE
     if s.dp_epsilon > 0:
         loss, dp = _dp_round(local, head, idx, seed, server_round, ledger)
         return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss), **dp}

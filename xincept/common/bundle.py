@@ -10,6 +10,7 @@ from typing import Any
 from xincept.common.atomic import atomic_dir, write_json_atomic
 from xincept.common.config import HeadConfig
 from xincept.common.errors import BundleError
+from xincept.common.head import member_count
 from xincept.common.model import XinceptModel
 
 BUNDLE_FORMAT = "xincept-bundle/1"
@@ -27,7 +28,7 @@ def write_bundle(path: Path, model: XinceptModel, meta: dict[str, Any]) -> None:
         "classes": model.classes,
         "num_classes": len(model.classes),
         "head": {"in_dims": head.in_dims, "embedding_dim": head.embedding_dim, "config": _head_cfg(head.cfg),
-                 "members": len(getattr(head, "members", [head]))},
+                 "members": member_count(head.state_dict())},
         "classifier": ({"kind": "xgboost", "features": model.xgb_features,
                         "best_iteration": getattr(model.booster, "best_iteration", None)}
                        if model.booster is not None else {"kind": "head-softmax", "features": "embedding"}),

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from xincept.common.synthetic import write_image_folder
 for i, site in enumerate(["hospital-a", "hospital-b", "hospital-c"]):
-    write_image_folder(Path(sys.argv[1]) / "data" / site, per_class=10, size=64, seed=i)
+    write_image_folder(Path(sys.argv[1]) / "data" / site, per_class=14, size=64, seed=i)
 PY
 # one head (not fedsgd's default three): each message starts a ClientApp process, so the demonstration stays short
 printf 'group-block = 2\nlocal-epochs = 1\nhead-members = 1\n' > "$work/fed.toml"
@@ -43,7 +43,8 @@ server=$!
 pids+=("$server")
 for site in hospital-a hospital-b hospital-c; do
   setsid xincept-client join --site "$site" --data "$work/data/$site" --server "127.0.0.1:$port" \
-    --root-cert "$work/secrets/$site/ca.crt" --auth-key "$work/secrets/$site/node.key" --cache-dir "$work/cache-$site" \
+    --root-cert "$work/secrets/$site/ca.crt" --auth-key "$work/secrets/$site/node.key" --tls-dir "$work/secrets/$site/xgb" \
+    --cache-dir "$work/cache-$site" --state-dir "$work/state-$site" \
     --clientapp-port "$(free_port)" > "$work/$site.log" 2>&1 &
   pids+=("$!")
 done

@@ -168,3 +168,25 @@ def test_grad_cam_on_a_real_blood_smear_is_not_constant(trained: dict, all4: Pat
     row = _explain_and_check(trained, image, tmp_path / "cam")
     assert row["heatmap_std"]["fused"] > 0.01, row["heatmap_std"]
     assert all(v > 0.01 for k, v in row["heatmap_std"].items() if k not in row["no_positive_evidence"])
+
+
+@pytest.mark.parametrize("command", ["predict", "check"])
+def test_format_json_writes_only_json_to_a_piped_stdout(trained: dict, command: str) -> None:
+    """Every `--format json` command, run as a user would (`... --format json > out.json`): stdout is a pipe, progress
+    bars are on (XINCEPT_NO_PROGRESS unset), and stdout parses as JSON with nothing stripped."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XINCEPT_NO_PROGRESS"}
+    exe = str(Path(sys.executable).parent / "xincept-client")
+    if command == "predict":
+        images = sorted((trained["data"] / "Pro").iterdir())[:3]
+        args = ["predict", "--model", str(trained["out"] / "model"), *map(str, images), "--cache-dir", str(trained["cache"])]
+    else:
+        args = ["check", "--data", str(trained["data"])]
+    res = subprocess.run([exe, *args, "--format", "json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)  # the whole of stdout, as written
+    assert (len(doc) == 3 if command == "predict" else doc["n_images"] == 48)

@@ -26,7 +26,9 @@ def test_compose_file_matches_the_compose_spec_and_uses_tls_and_node_keys() -> N
     hospitals = [s for name, s in doc["services"].items() if name.startswith("hospital-")]
     assert len(hospitals) == 3
     for h in hospitals:
-        assert {"--root-cert", "--auth-key", "--cache-dir"} <= set(h["command"])
+        assert {"--root-cert", "--auth-key", "--cache-dir", "--tls-dir", "--state-dir"} <= set(h["command"])
+    mounts = [v for s in doc["services"].values() for v in s.get("volumes", [])]
+    assert not any("ca-offline" in v or "ca.key" in v for v in mounts)  # the CA's private key is mounted nowhere
 
 
 @pytest.mark.parametrize("manifest", ["server.yaml", "site.yaml"])
@@ -40,6 +42,8 @@ def test_kubernetes_manifests_validate_strictly(manifest: str) -> None:
         kubernetes_validate.validate(doc, "1.31", strict=True)  # raises with the offending field
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
+    if manifest == "site.yaml":
+        assert {"--tls-dir", "--state-dir"} <= set(container["args"])
     assert "livenessProbe" in container and ("readinessProbe" in container or "startupProbe" in container)
     assert any("secret" in v for v in pod["volumes"]) and any("persistentVolumeClaim" in v for v in pod["volumes"])
 
@@ -52,3 +56,8 @@ def test_local_e2e_script_runs_the_deployment_topology(tmp_path: Path) -> None:
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert "OK: accuracy" in res.stdout
     assert (tmp_path / "work" / "out" / "model" / "model.json").is_file()
+    secrets = tmp_path / "work" / "secrets"
+    assert not list((secrets / "server").rglob("ca.key")) and (secrets / "ca-offline" / "ca.key").is_file()
+    assert all((secrets / s / "xgb" / "client.key").is_file() for s in ("hospital-a", "hospital-b", "hospital-c"))
+    keys = [p for p in secrets.rglob("*") if p.is_file() and p.suffix == ".key"]
+    assert keys and all(p.stat().st_mode & 0o077 == 0 for p in keys)

@@ -56,12 +56,14 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
     intruder_log = tmp_path / "intruder.log"
     try:
         for i, name in enumerate(["hospital-0", "hospital-1", "hospital-2", "intruder"]):
-            data = write_image_folder(tmp_path / f"data{i}", per_class=10, size=64, seed=i)
+            data = write_image_folder(tmp_path / f"data{i}", per_class=14, size=64, seed=i)
             key = intruder_key if name == "intruder" else tmp_path / "tls" / "nodes" / f"{name}.key"
             sink = intruder_log.open("w") if name == "intruder" else subprocess.DEVNULL
             clients.append(subprocess.Popen(
                 _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
                                           "--root-cert", str(tls["ca"]), "--auth-key", str(key), "--cache-dir", str(tmp_path / f"cache{i}"),
+                                          "--state-dir", str(tmp_path / f"state{i}"),
+                                          *([] if name == "intruder" else ["--tls-dir", str(tmp_path / "tls" / "sites" / name)]),
                                           "--clientapp-port", str(free_port())],
                 env=env, stdout=sink, stderr=subprocess.STDOUT))
         output, _ = server.communicate(timeout=600)

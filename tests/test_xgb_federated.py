@@ -30,9 +30,10 @@ def _site(args):
 
 @pytest.mark.integration
 def test_histogram_mode_gives_the_centralized_booster_over_mutual_tls(tmp_path: Path) -> None:
-    from xincept.common.tls import make_certificates
+    from xincept.common.tls import make_certificates, make_site_certificates
 
     make_certificates(tmp_path, ["localhost", "127.0.0.1"])
+    sites = make_site_certificates(tmp_path, ["s0", "s1", "s2"])  # one client certificate per site, no shared key
     x, y = _data()
     xv, yv = _data(seed=1, n=120)
     shards = [np.arange(len(y))[r::3] for r in range(3)]
@@ -40,7 +41,7 @@ def test_histogram_mode_gives_the_centralized_booster_over_mutual_tls(tmp_path: 
     port = free_port()
     start_tracker(3, port, tmp_path, timeout=60)
     with mp.get_context("spawn").Pool(3) as pool:
-        raws = pool.map(_site, [(x[s], y[s], xv[v], yv[v], f"localhost:{port}", r, 3, str(tmp_path))
+        raws = pool.map(_site, [(x[s], y[s], xv[v], yv[v], f"localhost:{port}", r, 3, str(sites[f"s{r}"]))
                                 for r, (s, v) in enumerate(zip(shards, vshards))])
     assert raws[0] == raws[1] == raws[2]
     order = np.concatenate(shards)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,7 +10,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from xincept.client.audit import audit_mod
+from xincept.client.mods import make_audit_mod, make_policy_mod
+from xincept.client.policy import PolicyViolation
+from xincept.client.site_facts import SiteFacts, site_facts
 from xincept.client.task import (LocalSite, join_info, load_local_site, local_evaluate, local_only_counts, local_train,
                                  train_feature_sums, xgb_bagging_round, xgb_histogram)
 from xincept.common.errors import SettingError
@@ -21,67 +22,54 @@ from xincept.common.versions import check_pushed_app
 log = logging.getLogger(__name__)
 
 
-def _site_of(context: Context, partition_dir: Path | None) -> tuple[str, str, str | None]:
-    """(site name, data folder, manifest) from the SuperNode's node config, or from a simulated partition."""
-    nc = context.node_config
-    if partition_dir is not None and "partition-id" in nc:
-        pid = int(nc["partition-id"])
-        names = json.loads((partition_dir / "sites.json").read_text())["names"]
-        return names[pid], str(partition_dir), str(partition_dir / f"site-{pid}.csv")
-    if "data-dir" not in nc:
-        raise SettingError("node config lacks data-dir: start the SuperNode with `xincept-client join --site NAME --data DIR`")
-    return str(nc.get("site", f"node-{context.node_id}")), str(nc["data-dir"]), (str(nc["manifest"]) if nc.get("manifest") else None)
-
-
-def _local(msg: Message, context: Context, partition_dir: Path | None) -> LocalSite:
+def _local(msg: Message, context: Context, partition_dir: Path | None) -> tuple[LocalSite, SiteFacts]:
+    """The site's data and split, loaded with the settings the policy mod has already checked."""
     cfg = msg.content["config"]
     settings = FedSettings.from_flat(dict(cfg))
     classes = tuple(cfg["classes"]) if "classes" in cfg and cfg["classes"] else None
-    name, data_dir, manifest = _site_of(context, partition_dir)
+    facts = site_facts(context, partition_dir)
     check_pushed_app(str(cfg["xincept-version"]) if "xincept-version" in cfg else None,
-                     str(cfg["code-hash"]) if "code-hash" in cfg else None, name)
+                     str(cfg["code-hash"]) if "code-hash" in cfg else None, facts.name)
     nc = context.node_config
-    return load_local_site(name, data_dir, manifest, classes, settings,
-                           str(nc["cache-dir"]) if nc.get("cache-dir") else None,
-                           str(nc["weights-dir"]) if nc.get("weights-dir") else None)
+    local = load_local_site(facts.name, facts.data_dir, facts.manifest, classes, settings,
+                            str(nc["cache-dir"]) if nc.get("cache-dir") else None,
+                            str(nc["weights-dir"]) if nc.get("weights-dir") else None, facts.allow_outside_paths)
+    return local, facts
 
 
-def _xgb_tls_dir(cfg, context: Context) -> Path | None:
-    """Certificates for XGBoost's mutual TLS: the site's own (node config tls-dir), or the simulation's."""
+def _xgb_tls_dir(cfg, context: Context, facts: SiteFacts) -> Path | None:
+    """Certificates for XGBoost's mutual TLS: always the site's own (node config tls-dir).
+
+    Only a simulated site (whose certificates the simulation generated) takes the folder the message names.
+    A deployed site without its own TLS material refuses the histogram phase.
+    """
     if context.node_config.get("tls-dir"):
-        return Path(str(context.node_config["tls-dir"]))
-    if cfg.get("xgb-tls-dir"):
-        folder = Path(str(cfg["xgb-tls-dir"]))  # a simulation, or a site on the server's machine
-        if not (folder / "client.pem").is_file():
-            raise SettingError("the federated XGBoost phase needs this site's client certificate: restart "
-                               "`xincept-client join` with --tls-dir DIR holding ca.crt, client.pem and client.key")
-        return folder
-    return None
-
-
-def _ledger(context: Context, local: LocalSite, partition_dir: Path | None) -> Path | None:
-    """This site's privacy ledger: node config privacy-ledger, OUT/partitions/privacy-<site>.json in simulation,
-    or privacy-ledger.json in the site's cache folder (None: the default cache folder)."""
-    nc = context.node_config
-    if nc.get("privacy-ledger"):
-        return Path(str(nc["privacy-ledger"]))
-    if partition_dir is not None and "partition-id" in nc:
-        return partition_dir / f"privacy-{local.name}.json"
-    if nc.get("cache-dir"):
-        return Path(str(nc["cache-dir"])) / "privacy-ledger.json"
-    return None
+        folder = Path(str(context.node_config["tls-dir"]))
+    elif facts.simulated and cfg.get("xgb-tls-dir"):
+        folder = Path(str(cfg["xgb-tls-dir"])) / "sites" / facts.name
+    elif facts.simulated:
+        return None  # an insecure simulation (the server ran without TLS)
+    else:
+        raise PolicyViolation("xgb-tls", "this site joins the histogram phase only over mutual TLS with its own certificate: "
+                              "restart `xincept-client join` with --tls-dir DIR holding ca.crt, client.pem and client.key "
+                              "(from `xincept-server keys --site NAME`)")
+    if not (folder / "client.pem").is_file():
+        raise PolicyViolation("xgb-tls", "the federated XGBoost phase needs this site's client certificate (client.pem, "
+                              "client.key, ca.crt in its --tls-dir)")
+    return folder
 
 
 def make_client_app(partition_dir: Path | None = None, extra_mods: list | None = None) -> ClientApp:
     """A ClientApp; ``partition_dir`` holds simulated sites' manifests (site-N.csv) in simulation.
 
-    The audit mod runs outermost, so it records each reply exactly as it leaves (after ``extra_mods``).
+    The audit mod runs outermost, so it checks and records each reply exactly as it leaves (after
+    ``extra_mods``); the policy mod runs innermost, so no handler sees a message the site's policy refuses.
     """
-    app = ClientApp(mods=[audit_mod, *(extra_mods or [])])
+    app = ClientApp(mods=[make_audit_mod(partition_dir), *(extra_mods or []), make_policy_mod(partition_dir)])
 
     @app.query("join")
     def join(msg: Message, context: Context) -> Message:
-        info = join_info(_local(msg, context, partition_dir))
+        info = join_info(_local(msg, context, partition_dir)[0])
         counts = MetricRecord({"counts": info.pop("counts"), "n-train": info.pop("n_train"), "n-val": info.pop("n_val"),
                                "n-test": info.pop("n_test"), "n-groups": info.pop("n_groups"),
                                "backbone_bytes": info.pop("backbone_bytes")})
@@ -89,7 +77,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
 
     @app.query("embed")
     def embed(msg: Message, context: Context) -> Message:
-        local = _local(msg, context, partition_dir)
+        local, _ = _local(msg, context, partition_dir)
         sums = train_feature_sums(local)
         arrays = ArrayRecord({f"{i}.{k}": Array(np.ascontiguousarray(v)) for i, s in enumerate(sums) for k, v in s.items()})
         metrics = MetricRecord({"embedded-now": int(local.site.embeddings.computed), "seconds": float(local.site.embed_seconds),
@@ -98,23 +86,23 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
 
     @app.train("head")
     def train(msg: Message, context: Context) -> Message:
-        local = _local(msg, context, partition_dir)
+        local, facts = _local(msg, context, partition_dir)
         state = msg.content["arrays"].to_torch_state_dict()
         cfg = msg.content["config"]
         content = RecordDict()
         if cfg.get("evaluate-split"):  # the received head's counts on a split first: saves the server a message per round
             content["val"] = MetricRecord(local_evaluate(local, state, str(cfg["evaluate-split"])))
-        new_state, metrics = local_train(local, state, int(cfg["server-round"]), _ledger(context, local, partition_dir),
-                                         member=int(cfg.get("member", 0)))
+        new_state, metrics = local_train(local, state, int(cfg["server-round"]), facts.ledger, member=int(cfg.get("member", 0)),
+                                         lifetime_epsilon=facts.policy.lifetime_epsilon)
         content["arrays"], content["metrics"] = ArrayRecord(new_state), MetricRecord(metrics)
         return Message(content, reply_to=msg)
 
     @app.train("xgb")
     def train_xgb(msg: Message, context: Context) -> Message:
         """Histogram mode: join XGBoost's federated communicator; every site ends with the same booster."""
-        local = _local(msg, context, partition_dir)
+        local, facts = _local(msg, context, partition_dir)
         cfg = msg.content["config"]
-        tls = _xgb_tls_dir(cfg, context)
+        tls = _xgb_tls_dir(cfg, context, facts)
         raw = xgb_histogram(local, msg.content["arrays"].to_torch_state_dict(), str(cfg["xgb-address"]), int(cfg["xgb-rank"]),
                             int(cfg["xgb-world"]), tls)
         reply = {"num-examples": int(len(local.split["train"]))}
@@ -126,7 +114,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     @app.train("xgb_bagging")
     def train_xgb_bag(msg: Message, context: Context) -> Message:
         """Bagging mode: one local boosting round on top of the global booster."""
-        local = _local(msg, context, partition_dir)
+        local, _ = _local(msg, context, partition_dir)
         cfg = msg.content["config"]
         global_raw = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
         raw = xgb_bagging_round(local, msg.content["arrays"].to_torch_state_dict(), global_raw)
@@ -135,7 +123,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
 
     @app.evaluate("head")
     def evaluate(msg: Message, context: Context) -> Message:
-        local = _local(msg, context, partition_dir)
+        local, _ = _local(msg, context, partition_dir)
         state = msg.content["arrays"].to_torch_state_dict()
         cfg = msg.content["config"]
         split = str(cfg.get("split", "val"))
@@ -145,7 +133,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     @app.train("local")
     def train_local(msg: Message, context: Context) -> Message:
         """A model from this site's images alone, scored here; only its counts leave."""
-        return Message(RecordDict({"metrics": MetricRecord(local_only_counts(_local(msg, context, partition_dir)))}), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord(local_only_counts(_local(msg, context, partition_dir)[0]))}), reply_to=msg)
 
     return app
 

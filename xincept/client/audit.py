@@ -1,10 +1,12 @@
 """An audit of every message this site sends: what it holds, checked against what may leave.
 
-`audit_mod` is a Flower ClientApp mod: it sees each reply before it leaves the site and appends one
-JSON line per message to the audit log (node config ``audit-log`` or ``XINCEPT_AUDIT_LOG``): the message
-type and, per record, every key with its kind, dtype and shape (never the values). ``check_entry``
-compares an entry with the allow-list below, so a site (or its ethics board) can prove from the log
-that only head weights, XGBoost models, feature sums over many images and aggregate counts left.
+``reply_problems`` checks a reply against the exact schema of its message type (records, keys, list
+lengths, array names, dtypes and shapes); the ClientApp's audit mod (:mod:`xincept.client.mods`) runs it
+on every reply and blocks one that fails. The audit log (on by default, in the site's state folder) holds
+one JSON line per message: the message type and, per record, every key with its kind, dtype and shape
+(never the values), or the rule a refused message broke. ``check_entry`` compares a logged entry with the
+allow-list below, so a site (or its ethics board) can prove from the log that only head weights, XGBoost
+models, feature sums over many images and aggregate counts left.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 COUNT_KEYS = {"confusion", "n", "correct", "suppressed", "loss-sum", "roc-pos", "roc-neg", "rel-count",
               "rel-correct", "rel-conf-sum", "bins"}
@@ -85,19 +87,88 @@ def check_entry(entry: dict[str, Any], head_keys: set[str] | None = None) -> lis
     return problems
 
 
-def _log_path(context: Context) -> Path | None:
-    value = context.node_config.get("audit-log") or os.environ.get("XINCEPT_AUDIT_LOG")
-    return Path(str(value)) if value else None
+REQUIRED: dict[str, set[str]] = {  # records every reply of a type must hold
+    "query.join": {"info", "metrics"}, "query.embed": {"sums", "metrics"}, "train.head": {"arrays", "metrics"},
+    "train.xgb": {"metrics"}, "train.xgb_bagging": {"booster", "metrics"}, "evaluate.head": {"metrics"},
+    "train.local": {"metrics"},
+}
+MAX_BINS = 100
 
 
-def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Record what each reply holds before it leaves this site."""
-    reply = call_next(msg, context)
-    path = _log_path(context)
-    if path is not None and not reply.has_error():
-        entry = describe(reply)
-        entry["node_id"] = context.node_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:  # one short line per message; appends are atomic enough for one writer per site
-            fh.write(json.dumps(entry) + "\n")
-    return reply
+def _list_length(key: str, k: int | None, bins: int | None) -> int | None:
+    """The exact length a metric list must have (None: the key must be a single number)."""
+    if k is None:
+        return None
+    lengths = {"counts": k, "confusion": k * k}
+    if bins is not None:
+        lengths.update({"roc-pos": k * bins, "roc-neg": k * bins, "rel-count": bins, "rel-correct": bins, "rel-conf-sum": bins})
+    return lengths.get(key)
+
+
+def _classes(request: Message, reply: Message) -> int | None:
+    cfg = request.content.config_records.get("config")
+    if cfg is not None and cfg.get("classes"):
+        return len(list(cfg["classes"]))
+    info = reply.content.config_records.get("info")
+    if info is not None and isinstance(info.get("classes"), list):
+        return len(info["classes"])
+    return None
+
+
+def reply_problems(request: Message, reply: Message) -> list[str]:
+    """Where ``reply`` departs from the exact schema of a reply to ``request``: message type, records, keys,
+    list lengths (k classes, bins), array names, dtypes and shapes. Empty: the reply may leave."""
+    kind = request.metadata.message_type
+    entry = describe(reply)
+    entry["message_type"] = kind
+    problems = check_entry(entry)
+    if problems or kind not in REQUIRED:
+        return problems or [f"{kind}: a message type outside the allow-list"]
+    present = set(reply.content.keys())
+    wants_val = kind == "train.head" and bool(request.content.config_records["config"].get("evaluate-split"))
+    missing = REQUIRED[kind] - present
+    if missing:
+        problems.append(f"{kind}: record(s) {sorted(missing)} missing")
+    if kind == "train.head" and ("val" in present) != wants_val:
+        problems.append(f"{kind}: a val record only when the server asked for the received head's counts")
+    k = _classes(request, reply)
+    for name, rec in reply.content.metric_records.items():
+        bins = rec.get("bins")
+        if bins is not None and (isinstance(bins, list) or not 1 <= int(bins) <= MAX_BINS):
+            problems.append(f"{kind}/{name}: bins must be one number from 1 to {MAX_BINS}")
+            bins = None
+        for key, value in rec.items():
+            want = _list_length(key, k, None if bins is None else int(bins))
+            if want is None and isinstance(value, list):
+                problems.append(f"{kind}/{name}: {key} must be a single number, not a list of {len(value)}")
+            elif want is not None and (not isinstance(value, list) or len(value) != want):
+                problems.append(f"{kind}/{name}: {key} must be a list of {want} numbers")
+    for name, rec in reply.content.config_records.items():
+        for key, value in rec.items():
+            if name == "booster" and not isinstance(value, bytes):
+                problems.append(f"{kind}/booster: json must be bytes (a serialised XGBoost model)")
+            if name == "info" and not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                problems.append(f"{kind}/info: {key} must be text or a list of text")
+    if kind == "train.head" and "arrays" in present:
+        sent = {key: (a.dtype, tuple(a.shape)) for key, a in request.content.array_records["arrays"].items()}
+        back = {key: (a.dtype, tuple(a.shape)) for key, a in reply.content.array_records["arrays"].items()}
+        if back != sent:
+            extra, lost = sorted(set(back) - set(sent)), sorted(set(sent) - set(back))
+            changed = sorted(key for key in set(back) & set(sent) if back[key] != sent[key])
+            problems.append(f"{kind}/arrays: must mirror the received head (extra {extra}, missing {lost}, other dtype or "
+                            f"shape {changed})")
+    if kind == "query.embed" and "sums" in present:
+        shapes = {key: tuple(a.shape) for key, a in reply.content.array_records["sums"].items()}
+        for branch in {key.split(".")[0] for key in shapes}:
+            n, s1, s2 = (shapes.get(f"{branch}.{stat}") for stat in ("n", "sum", "sumsq"))
+            if n not in ((1,), ()) or s1 is None or len(s1) != 1 or s2 != s1:
+                problems.append(f"{kind}/sums: branch {branch} must hold n (one number), sum and sumsq (one vector each)")
+    return problems
+
+
+def append_entry(path: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line to the audit log (private to the site's user)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as fh:  # one short line per message; appends are atomic enough for one writer per site
+        fh.write(json.dumps(entry) + "\n")

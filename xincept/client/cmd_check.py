@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import (ClassesOpt, DataOpt, FormatOpt, GroupBlockOpt, ManifestOpt, check_format,
+from xincept.common.cli import (AllowOutsideOpt, ClassesOpt, DataOpt, FormatOpt, GroupBlockOpt, ManifestOpt, check_format,
                                 friendly_errors, setup_logging, split_names, stdout_json)
 
 
@@ -15,6 +15,7 @@ def check(
     data: DataOpt,
     classes: ClassesOpt = None,
     manifest: ManifestOpt = None,
+    allow_outside_paths: AllowOutsideOpt = False,
     group_block: GroupBlockOpt = 25,
     fmt: FormatOpt = "text",
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any problem is found.")] = False,
@@ -24,7 +25,8 @@ def check(
     setup_logging()
     from xincept.common.data import scan_site
 
-    site = scan_site(data, split_names(classes), manifest, group_block, show_progress=fmt == "text")
+    site = scan_site(data, split_names(classes), manifest, group_block, show_progress=fmt == "text",
+                     allow_outside=allow_outside_paths)
     report = site.report
     if fmt == "json":
         stdout_json(report.to_dict())

@@ -33,6 +33,9 @@ class NodeOptions:
     clientapp_port: int = 9094
     max_retries: int | None = None
     max_wait_time: float | None = None
+    state_dir: Path | None = None  # the site's split, query counts, privacy ledger and audit log
+    policy_file: Path | None = None  # the resolved site policy (JSON)
+    audit_log: Path | None = None
 
 
 def _quote(v: str) -> str:
@@ -40,7 +43,7 @@ def _quote(v: str) -> str:
 
 
 def node_config(opts: NodeOptions) -> str:
-    """The node config string: site facts only (hyperparameters come from the server)."""
+    """The node config string: site facts and the site's policy (hyperparameters come from the server, checked against it)."""
     items = {"site": opts.site, "data-dir": str(opts.data.resolve())}
     if opts.cache_dir:
         items["cache-dir"] = str(opts.cache_dir.resolve())
@@ -50,12 +53,18 @@ def node_config(opts: NodeOptions) -> str:
         items["manifest"] = str(opts.manifest.resolve())
     if opts.tls_dir:
         items["tls-dir"] = str(opts.tls_dir.resolve())
+    for key, path in (("state-dir", opts.state_dir), ("policy-file", opts.policy_file), ("audit-log", opts.audit_log)):
+        if path:
+            items[key] = str(path.resolve())
     return " ".join(f"{k}={_quote(v)}" for k, v in items.items())
 
 
 def supernode_command(opts: NodeOptions) -> list[str]:
+    # --isolation process: Flower launches no ClientApp of its own; the site's runner (xincept.client.runner) answers
+    # every task with the installed code, so a server cannot make the site run code it supplies
     cmd = [shutil.which("flower-supernode") or "flower-supernode", "--superlink", opts.server,
-           "--node-config", node_config(opts), "--port", str(opts.clientapp_port)]
+           "--node-config", node_config(opts), "--host", "127.0.0.1", "--port", str(opts.clientapp_port),
+           "--isolation", "process"]
     if opts.insecure:
         cmd.append("--insecure")
     elif opts.root_cert is not None:
@@ -122,6 +131,8 @@ def run_supernode(opts: NodeOptions) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     start, delay, tries = time.monotonic(), 2.0, 0
     proc = None
+    runner = subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}"], env=env,
+                              start_new_session=True)  # lives for the whole run: torch and the site's features stay loaded
     try:
         while True:
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
@@ -143,6 +154,8 @@ def run_supernode(opts: NodeOptions) -> int:
         if proc is not None:
             stop_tree(proc, timeout=15)
         return 0
+    finally:
+        stop_tree(runner, timeout=15)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

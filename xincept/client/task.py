@@ -53,22 +53,38 @@ class LocalSite:
 
 @functools.lru_cache(maxsize=4)
 def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tuple[str, ...] | None, settings: FedSettings,
-                    cache_dir: str | None = None, weights_dir: str | None = None) -> LocalSite:
+                    cache_dir: str | None = None, weights_dir: str | None = None, allow_outside: bool = False) -> LocalSite:
     """Check and embed a site's images (through the on-disk cache) and make its grouped split.
 
     Memoised per process: a SuperNode answering several messages loads its site once.
     """
     cfg = settings.run_config(Path(cache_dir) if cache_dir else None, Path(weights_dir) if weights_dir else None)
     site = prepare_site(Path(data_dir), cfg, list(classes) if classes else None, Path(manifest) if manifest else None,
-                        show_progress=False)
+                        show_progress=False, allow_outside=allow_outside)
     split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed, settings.test_fold)
     log.info("site %s: %d images (train %d, val %d, test %d)", name, len(site.y), *(len(split[k]) for k in ("train", "val", "test")))
     return LocalSite(name=name, site=site, split=split, settings=settings)
 
 
+def dataset_id(local: LocalSite) -> str:
+    """The site's data set, by content: a digest of its images' sha256 (what its privacy ledger is keyed by)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for h in sorted(r.sha256 for r in local.site.data.records):
+        digest.update(h.encode())
+    return digest.hexdigest()[:24]
+
+
 def join_info(local: LocalSite) -> dict[str, Any]:
-    """What a site tells the server when it joins: versions, fingerprints, classes and counts."""
+    """What a site tells the server when it joins: versions, fingerprints, classes and counts.
+
+    Class counts below the site's min-cell-count are withheld (-1), like any other small count.
+    """
+    from xincept.common.disclosure import SUPPRESSED
+
     y = local.site.y
+    floor = local.settings.min_cell_count
     return {
         "site": local.name,
         "version": __version__,
@@ -78,7 +94,7 @@ def join_info(local: LocalSite) -> dict[str, Any]:
         "backbones": json.dumps([b.describe() for b in local.site.backbones]),
         "backbone_bytes": int(sum(p.numel() * p.element_size() for b in local.site.backbones for p in b.model.parameters())),
         "n_groups": int(local.site.data.report.n_groups),
-        "counts": [int((y == k).sum()) for k in range(len(local.classes))],
+        "counts": [c if c == 0 or c >= floor else SUPPRESSED for c in (int((y == k).sum()) for k in range(len(local.classes)))],
         "n_train": int(len(local.split["train"])),
         "n_val": int(len(local.split["val"])),
         "n_test": int(len(local.split["test"])),
@@ -117,13 +133,15 @@ def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead | HeadE
 
 
 def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: int,
-                ledger: Path | None = None, member: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                ledger: Path | None = None, member: int = 0,
+                lifetime_epsilon: float = float("inf")) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """E local epochs from the global head (one full-batch gradient step for fedsgd); returns the head and metrics.
 
     ``member`` (which head of an ensemble the round trains) changes the dropout masks and minibatch order.
 
     With ``dp-epsilon`` set, the epochs are DP-SGD and ``ledger`` (a file on this site's disk) records the
-    steps spent; the round is refused when it would overspend the site's budget.
+    steps spent; the round is refused when it would overspend the run's budget or the site's
+    ``lifetime_epsilon`` over every DP training on its data set.
     """
     s = local.settings
     feats = local.site.feats
@@ -131,7 +149,7 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
     idx = local.split["train"]
     seed = s.seed * 1_000_003 + server_round * 1009 + sum(map(ord, local.name)) + member * MEMBER_SEED_STRIDE
     if s.dp_epsilon > 0:
-        loss, dp = _dp_round(local, head, idx, seed, server_round, ledger)
+        loss, dp = _dp_round(local, head, idx, seed, server_round, ledger, lifetime_epsilon)
         return head.trainable_state(), {"num-examples": int(len(idx)), "train-loss": float(loss), **dp}
     if s.strategy == "fedsgd":
         loss = gradient_step(head, local.standardised_train(head), local.site.y[idx], seed=seed, standardised=True)
@@ -142,7 +160,7 @@ def local_train(local: LocalSite, state: dict[str, torch.Tensor], server_round: 
 
 
 def _dp_round(local: LocalSite, head: FusedHead, idx: np.ndarray, seed: int, server_round: int,
-              ledger_path: Path | None) -> tuple[float, dict[str, float]]:
+              ledger_path: Path | None, lifetime_epsilon: float = float("inf")) -> tuple[float, dict[str, float]]:
     import hashlib
 
     from xincept.common.dp import BudgetSpent, PrivacyLedger, dp_train_epochs, make_plan, spent_epsilon
@@ -150,9 +168,15 @@ def _dp_round(local: LocalSite, head: FusedHead, idx: np.ndarray, seed: int, ser
     s = local.settings
     plan = make_plan(len(idx), head.cfg.batch_size, s.local_epochs, s.rounds * s.dp_trainings, s.dp_epsilon, s.dp_delta,
                      s.dp_max_grad_norm)
-    ledger = PrivacyLedger(ledger_path or default_cache_dir() / "privacy-ledger.json")
-    key = f"{local.name}:" + hashlib.sha256(json.dumps(s.client_flat(), sort_keys=True).encode()).hexdigest()[:16]
+    ledger = PrivacyLedger(ledger_path or default_cache_dir() / "privacy-ledger.json",
+                           dataset_id(local) if hasattr(local.site, "data") else local.name)
+    key = hashlib.sha256(json.dumps(s.client_flat(), sort_keys=True).encode()).hexdigest()[:16]  # this run's plan
     before = ledger.steps(key)
+    after = ledger.lifetime_epsilon(s.dp_delta, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round))
+    if after > lifetime_epsilon * 1.001:
+        raise BudgetSpent(f"site {local.name} refuses round {server_round}: its lifetime privacy budget (epsilon "
+                          f"{lifetime_epsilon:g} over every DP training on this data set) would be exceeded ({after:.3f}; "
+                          f"ledger {ledger.path}). Changing the seed or settings opens no new budget")
     if spent_epsilon(plan, before + plan.steps_per_round) > s.dp_epsilon * 1.001:
         raise BudgetSpent(f"site {local.name} refuses round {server_round}: its privacy budget (epsilon {s.dp_epsilon:g}, delta "
                           f"{s.dp_delta:g}) is spent ({spent_epsilon(plan, before):.3f} used; ledger {ledger.path}). A new budget "

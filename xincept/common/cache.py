@@ -2,7 +2,8 @@
 
 Key: backbone name + weights fingerprint + preprocessing hash (the folder) and the image's
 sha256 (+ augmented view index and seed) (the file). Writes are atomic, so an interrupted
-embedding run leaves only complete entries and a rerun embeds only what is missing.
+embedding run leaves only complete entries and a rerun embeds only what is missing. Feature files
+are mode 0600 in 0700 folders: a site's features are not readable by other users of the machine.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class FeatureCache:
 
     def __init__(self, root: Path, key: str, meta: dict | None = None) -> None:
         self.dir = Path(root) / key
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         meta_path = self.dir / "meta.json"
         if meta is not None and not meta_path.exists():
             write_json_atomic(meta_path, meta)
@@ -46,7 +47,9 @@ class FeatureCache:
     def put(self, sha256: str, features: np.ndarray, view: int = 0, seed: int = 0) -> None:
         buf = io.BytesIO()
         np.save(buf, np.asarray(features, dtype=np.float32), allow_pickle=False)
-        write_bytes_atomic(self._path(sha256, view, seed), buf.getvalue())
+        path = self._path(sha256, view, seed)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_bytes_atomic(path, buf.getvalue(), mode=0o600)  # a site's features: readable by its own user only
 
     def meta(self) -> dict:
         path = self.dir / "meta.json"

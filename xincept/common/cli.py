@@ -15,6 +15,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Site data folder: DIR/<class>/<image> (jpg, png, bmp, tif).")]
 ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Optional CSV with columns path,label[,group][,split].")]
+AllowOutsideOpt = Annotated[bool, typer.Option("--allow-outside-paths", help="Accept manifest paths outside the data folder "
+                                                "(absolute, or climbing out with ..); refused by default.")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Expected classes in label order, comma-separated (default: the class folders found).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone weights (no download). Recorded as a warning in every output; not for clinical use.")]

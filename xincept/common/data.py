@@ -123,7 +123,15 @@ def read_image(path: Path) -> tuple[bytes, tuple[int, int], str]:
         raise ValueError("not a recognised image format") from None
 
 
-def _read_manifest(manifest: Path, root: Path) -> list[tuple[Path, str, str | None, str | None]]:
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _read_manifest(manifest: Path, root: Path, allow_outside: bool = False) -> list[tuple[Path, str, str | None, str | None]]:
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist: give a CSV with columns path,label[,group][,split]")
     with manifest.open(newline="", encoding="utf-8-sig") as fh:
@@ -147,7 +155,11 @@ def _read_manifest(manifest: Path, root: Path) -> list[tuple[Path, str, str | No
             if split is not None and split not in SPLITS:
                 raise DataError(f"manifest {manifest} line {lineno}: split {split!r} is not one of {sorted(SPLITS)}")
             p = Path(row["path"])
-            rows.append((p if p.is_absolute() else root / p, row["label"], row.get("group") or None, split))
+            full = p if p.is_absolute() else root / p
+            if not allow_outside and (p.is_absolute() or not _inside(full, root)):
+                raise DataError(f"manifest {manifest} line {lineno}: path {row['path']!r} lies outside the data folder {root}; "
+                                "give paths relative to the data folder, or pass --allow-outside-paths if the site means it")
+            rows.append((full, row["label"], row.get("group") or None, split))
     return rows
 
 
@@ -172,6 +184,7 @@ def scan_site(
     manifest: Path | None = None,
     group_block: int = 25,
     show_progress: bool = True,
+    allow_outside: bool = False,
 ) -> SiteData:
     """Find, decode and hash every image of a site; group neighbours and duplicates.
 
@@ -180,12 +193,13 @@ def scan_site(
         expected_classes: class names in label order; folders outside it are reported and skipped.
         manifest: optional CSV ``path,label[,group][,split]``; paths are relative to ``root``.
         group_block: consecutive file numbers per group when no group column is given.
+        allow_outside: accept manifest paths outside ``root`` (absolute, or climbing out with ``..``).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder: pass --data DIR with DIR/<class>/<image> files")
     report = ScanReport(root=str(root), classes=[])
-    entries = _read_manifest(manifest, root) if manifest else _list_folder(root, report)
+    entries = _read_manifest(manifest, root, allow_outside) if manifest else _list_folder(root, report)
 
     found = sorted({label for _, label, _, _ in entries})
     if expected_classes:

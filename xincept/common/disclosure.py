@@ -6,9 +6,9 @@ a person when combined with other knowledge. Before counts leave a site they pas
 - ``suppress`` (default): cells in 1..threshold-1 are withheld (sent as -1). Only two totals are
   released besides the cells: the number of images and the number correct (what accuracy needs).
   They let anyone compute the sum of the withheld diagonal cells and the sum of the withheld
-  off-diagonal cells, so when exactly one cell of either set is withheld, the smallest released
-  non-zero cell of that set is withheld too (complementary suppression). Per-class totals are not
-  released (a row total would expose a lone withheld cell in its row).
+  off-diagonal cells, and the score histograms released beside the matrix can give away a row or
+  column total; so when exactly one cell of any of these sets is withheld, the smallest released
+  non-zero cell of that set is withheld too (complementary suppression), until no set has a lone one.
 - ``laplace``: every cell gets Laplace noise of scale 2/epsilon (moving one image between cells
   changes the matrix by 2 in L1), rounded and clipped at zero; totals are computed from the noisy
   cells, so the whole release is epsilon-differentially private per image.
@@ -51,15 +51,24 @@ class DisclosurePolicy:
 
 
 def _suppress(cm: np.ndarray, threshold: int) -> np.ndarray:
-    """Primary suppression of small cells, then complementary suppression against the released totals."""
+    """Primary suppression of small cells, then complementary suppression against every total a reader may know:
+    the diagonal and off-diagonal sums (from n and correct) and each row and column (a class's image count and
+    its predicted count follow from the released score histograms). Repeated until no total isolates a cell."""
+    k = cm.shape[0]
     hidden = (cm > 0) & (cm < threshold)
-    diag = np.eye(cm.shape[0], dtype=bool)
-    for part in (diag, ~diag):  # sum of withheld cells in each part is known from n and correct
-        if (hidden & part).sum() == 1:
-            candidates = np.argwhere(part & ~hidden & (cm > 0))
-            if len(candidates):
-                i, j = min(candidates, key=lambda ij: cm[ij[0], ij[1]])
-                hidden[i, j] = True
+    diag = np.eye(k, dtype=bool)
+    parts = [diag, ~diag] + [np.eye(k, dtype=bool)[i][:, None] & np.ones((1, k), dtype=bool) for i in range(k)]
+    parts += [p.T for p in parts[2:]]
+    changed = True
+    while changed:
+        changed = False
+        for part in parts:
+            if (hidden & part).sum() == 1:
+                candidates = np.argwhere(part & ~hidden & (cm > 0))
+                if len(candidates):
+                    i, j = min(candidates, key=lambda ij: cm[ij[0], ij[1]])
+                    hidden[i, j] = True
+                    changed = True
     out = cm.copy()
     out[hidden] = SUPPRESSED
     return out

@@ -73,25 +73,57 @@ def spent_epsilon(plan: DPPlan, steps: int) -> float:
     return float(acc.get_epsilon(plan.delta))
 
 
-class PrivacyLedger:
-    """Steps spent per federation (keyed by its settings), in a JSON file on the site's disk."""
+def composed_epsilon(histories: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of several DP trainings on the same images together: RDP composition of (noise, rate, steps)."""
+    from opacus.accountants import RDPAccountant
 
-    def __init__(self, path: Path) -> None:
+    histories = [h for h in histories if h[2] > 0]
+    if not histories:
+        return 0.0
+    acc = RDPAccountant()
+    acc.history = list(histories)
+    return float(acc.get_epsilon(delta))
+
+
+class PrivacyLedger:
+    """Every DP-SGD step a site has released, in one JSON file on its own disk (mode 0600).
+
+    Keyed by the site's data set (a digest of its images' content), then by run plan. The lifetime
+    epsilon composes every entry of every data set in the file, so a new seed, new settings or a new run
+    never open a new budget: only the site can, by moving its ledger, and that is its decision.
+    The file lives in the site's state folder (not the embedding cache, which operators clear).
+    """
+
+    def __init__(self, path: Path, dataset: str = "unknown") -> None:
         self.path = Path(path)
+        self.dataset = dataset
 
     def _read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        doc = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if doc and "datasets" not in doc:  # a ledger written before data-set keys: keep every step it counted
+            doc = {"datasets": {"unknown": doc}}
+        doc.setdefault("datasets", {})
+        return doc
 
     def steps(self, key: str) -> int:
-        return int(self._read().get(key, {}).get("steps", 0))
+        return int(self._read()["datasets"].get(self.dataset, {}).get(key, {}).get("steps", 0))
+
+    def histories(self) -> list[tuple[float, float, int]]:
+        """(noise multiplier, sample rate, steps) of every entry, every data set."""
+        return [(float(e["plan"]["noise_multiplier"]), float(e["plan"]["sample_rate"]), int(e["steps"]))
+                for entries in self._read()["datasets"].values() for e in entries.values()]
+
+    def lifetime_epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
+        """Epsilon spent over the site's lifetime (plus ``extra`` steps about to be taken)."""
+        return composed_epsilon(self.histories() + ([extra] if extra else []), delta)
 
     def add(self, key: str, steps: int, plan: DPPlan, server_round: int) -> int:
         doc = self._read()
-        entry = doc.setdefault(key, {"steps": 0, "rounds": [], "plan": asdict(plan)})
+        entry = doc["datasets"].setdefault(self.dataset, {}).setdefault(key, {"steps": 0, "rounds": [], "plan": asdict(plan)})
         entry["steps"] += steps
         entry["rounds"].append(server_round)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, doc)
+        write_json_atomic(self.path, doc, mode=0o600)
         return int(entry["steps"])
 
 

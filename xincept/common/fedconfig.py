@@ -164,17 +164,22 @@ class FedSettings:
         )
 
 
-def load_settings_file(path: Path) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys, or a [tool.flwr.app.config] table."""
+def read_toml(path: Path, option: str, what: str = "") -> dict[str, Any]:
+    """A TOML file given as ``option``; a clear error naming the option and file when it is missing or invalid."""
     import tomllib
 
     path = Path(path)
     if not path.is_file():
-        raise SettingError(f"--config {path} does not exist")
+        raise SettingError(f"{option} {path} does not exist{what}")
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise SettingError(f"--config {path} is not valid TOML ({exc})") from exc
+        raise SettingError(f"{option} {path} is not valid TOML ({exc})") from exc
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys, or a [tool.flwr.app.config] table."""
+    doc = read_toml(path, "--config")
     table = doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", doc)
     known = {f.name for f in fields(FedSettings)}
     unknown = [k for k in table if k.replace("-", "_") not in known]

@@ -1,4 +1,5 @@
-"""Progress bars for long work (rich), quiet when XINCEPT_NO_PROGRESS is set."""
+"""Progress bars for long work (rich), on stderr so stdout stays clean for `--format json`; quiet when
+XINCEPT_NO_PROGRESS is set."""
 
 from __future__ import annotations
 
@@ -34,5 +35,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    from rich.console import Console
+
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as progress:
         yield from progress.track(items, total=total, description=description)

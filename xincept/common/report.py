@@ -82,7 +82,7 @@ def render_html(markdown_text: str, folder: Path, title: str) -> str:
 
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)  # raw HTML in text is escaped
 
     def embed(match: re.Match) -> str:
         path = folder / match.group(1)
@@ -95,7 +95,9 @@ def render_html(markdown_text: str, folder: Path, title: str) -> str:
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}"
              "th{background:#f0f0f0}blockquote{border-left:4px solid #c00;margin:1em 0;padding:.2em 1em;background:#fff4f4}"
              "img{max-width:100%;border:1px solid #ddd}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+    import html
+
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 

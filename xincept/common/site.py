@@ -58,9 +58,9 @@ def weights_meta(backbones: list[Backbone]) -> dict:
 
 
 def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,
-                 show_progress: bool = True) -> EmbeddedSite:
+                 show_progress: bool = True, allow_outside: bool = False) -> EmbeddedSite:
     """Check the data folder, load the frozen backbones and embed every image through the cache."""
-    data = scan_site(Path(data_dir), classes, manifest, cfg.split.group_block, show_progress)
+    data = scan_site(Path(data_dir), classes, manifest, cfg.split.group_block, show_progress, allow_outside)
     require_usable(data)
     backbones = load_backbones(cfg.backbone)
     t0 = time.perf_counter()

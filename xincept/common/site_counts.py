@@ -6,8 +6,13 @@ A site turns its predictions into:
 - per class, histograms of the predicted probability among that class's images and among the
   others (``bins`` equal-width bins): enough for pooled one-vs-rest ROC curves and AUC;
 - a reliability histogram: per confidence bin, images, correct ones and summed confidence.
-Histograms go through the same policy as the confusion matrix (cells withheld or noised).
-No per-image value leaves the site.
+Histograms go through the same policy as the confusion matrix. Under ``suppress``, every histogram
+vector is treated as if its total were known (the totals follow from n, correct and the confusion
+matrix's released rows), so a lone withheld cell gets a complementary one, and a vector that cannot be
+protected that way (its only non-zero cell is small) is withheld whole. A reliability bin whose number of
+wrong images is small withholds its count of correct ones. Exact float sums follow the counts: a bin's
+confidence sum leaves only with its released count, and a split of fewer than ``min-cell-count``
+images releases nothing (the site refuses). No per-image value leaves the site.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from xincept.common.disclosure import SUPPRESSED, DisclosurePolicy, confusion_from_release, release_confusion
+from xincept.common.errors import SettingError
 from xincept.common.metrics import metrics_from_confusion
 
 BINS = 10
@@ -26,9 +32,33 @@ def _hist(values: np.ndarray, bins: int) -> np.ndarray:
     return np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))[0].astype(np.int64)
 
 
-def _protect(counts: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator, sensitivity: float) -> np.ndarray:
+def suppress_vector(counts: np.ndarray, threshold: int, hidden: np.ndarray | None = None) -> np.ndarray:
+    """Primary suppression of a count vector whose total is known, with complementary suppression.
+
+    ``hidden`` marks cells to withhold besides the small ones. A lone withheld cell would equal the known total
+    minus the released cells, so the smallest released non-zero cell is withheld with it; when no such cell
+    exists the whole vector is withheld.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    hide = (counts > 0) & (counts < threshold)
+    if hidden is not None:
+        hide |= hidden
+    if hide.sum() == 1:
+        others = np.flatnonzero(~hide & (counts > 0))
+        if len(others):
+            hide[others[np.argmin(counts[others])]] = True
+        else:
+            hide[:] = True
+    return np.where(hide, SUPPRESSED, counts)
+
+
+def _protect(counts: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator, sensitivity: float,
+             hidden: np.ndarray | None = None) -> np.ndarray:
     if policy.kind == "suppress":
-        return np.where((counts > 0) & (counts < policy.threshold), SUPPRESSED, counts)
+        if counts.ndim == 2:
+            return np.stack([suppress_vector(row, policy.threshold, None if hidden is None else hidden[i])
+                             for i, row in enumerate(counts)])
+        return suppress_vector(counts, policy.threshold, hidden)
     if policy.kind == "laplace":
         noisy = counts + rng.laplace(0.0, sensitivity / policy.epsilon, counts.shape)
         return np.clip(np.rint(noisy), 0, None).astype(np.int64)
@@ -40,6 +70,9 @@ def site_counts(y: np.ndarray, proba: np.ndarray, k: int, policy: DisclosurePoli
     """Everything one evaluation releases, as flat lists of numbers (a Flower MetricRecord)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype=np.int64)
+    if policy.kind == "suppress" and 0 < len(y) < policy.threshold:
+        raise SettingError(f"a split of {len(y)} image(s) is below min-cell-count {policy.threshold}: its counts would "
+                           "describe individual patients, so this site releases none")
     proba = np.nan_to_num(np.asarray(proba, dtype=float), nan=1.0 / k)  # a diverged model still reports its counts
     pred = proba.argmax(1)
     cm = np.zeros((k, k), dtype=np.int64)
@@ -58,7 +91,8 @@ def site_counts(y: np.ndarray, proba: np.ndarray, k: int, policy: DisclosurePoli
     out["roc-neg"] = _protect(neg, policy, rng, 2 * k).reshape(-1).tolist()
     rel_n_p = _protect(rel_n, policy, rng, 2)
     out["rel-count"] = rel_n_p.tolist()
-    out["rel-correct"] = _protect(rel_ok, policy, rng, 2).tolist()
+    wrong = rel_n - rel_ok  # a released count beside a released correct count gives the wrong ones away
+    out["rel-correct"] = _protect(rel_ok, policy, rng, 2, hidden=(wrong > 0) & (wrong < policy.threshold)).tolist()
     if policy.kind == "laplace":  # the mean confidence per bin is released only through the noisy count
         rel_conf = rel_conf / np.maximum(rel_n, 1) * np.maximum(rel_n_p, 0)
     out["rel-conf-sum"] = np.where(rel_n_p == SUPPRESSED, 0.0, rel_conf).tolist()

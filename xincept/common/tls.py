@@ -22,35 +22,40 @@ def _name(common_name: str):
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str, Path]:
-    """Write ca.crt, ca.key, server.pem, server.key, client.pem and client.key into ``out`` (server valid for ``hosts``)."""
+CA_KEY = Path("ca") / "ca.key"  # under OUT: kept by the coordinating team, never mounted into the server
+
+
+def _cert(subject: str, issuer, issuer_key, public_key, days: int, sans: list | None = None, ca: bool = False):
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
+
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _private_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str, Path]:
+    """Write ca.crt, server.pem and server.key into ``out`` (server valid for ``hosts``) and the CA's key into
+    ``out/ca/ca.key``. Private keys are created with mode 0600 (never readable by others, at no moment)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("XIncept-ALL CA")).issuer_name(_name("XIncept-ALL CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    files = {"ca": out / CA_CERT, "ca_key": out / "ca.key", "cert": out / SERVER_CERT, "key": out / SERVER_KEY,
-             "client_cert": out / "client.pem", "client_key": out / "client.key"}
-    pem = serialization.Encoding.PEM
-    nokey = serialization.NoEncryption()
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    # a client certificate for XGBoost's mutual-TLS federated communicator
-    ckey = ec.generate_private_key(ec.SECP384R1())
-    ccert = (x509.CertificateBuilder().subject_name(_name("xincept-site")).issuer_name(ca.subject)
-             .public_key(ckey.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .sign(ca_key, hashes.SHA256()))
-    write_bytes_atomic(files["client_cert"], ccert.public_bytes(pem))
-    write_bytes_atomic(files["client_key"], ckey.private_bytes(pem, pkcs8, nokey))
-    files["client_key"].chmod(0o600)
+    ca = _cert("XIncept-ALL CA", _name("XIncept-ALL CA"), ca_key, ca_key.public_key(), days, ca=True)
+    files = {"ca": out / CA_CERT, "ca_key": out / CA_KEY, "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
     key = ec.generate_private_key(ec.SECP384R1())
     sans = []
     for h in hosts:
@@ -58,19 +63,42 @@ def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str,
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             sans.append(x509.DNSName(h))
-    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256()))
+    cert = _cert(hosts[0], ca.subject, ca_key, key.public_key(), days, sans)
+    pem = serialization.Encoding.PEM
+    files["ca_key"].parent.mkdir(mode=0o700, exist_ok=True)
+    write_bytes_atomic(files["ca_key"], _private_pem(ca_key), mode=0o600)
+    write_bytes_atomic(files["key"], _private_pem(key), mode=0o600)
     write_bytes_atomic(files["ca"], ca.public_bytes(pem))
-    write_bytes_atomic(files["ca_key"], ca_key.private_bytes(pem, pkcs8, nokey))
     write_bytes_atomic(files["cert"], cert.public_bytes(pem))
-    write_bytes_atomic(files["key"], key.private_bytes(pem, pkcs8, nokey))
-    files["ca_key"].chmod(0o600)
-    files["key"].chmod(0o600)
     return files
+
+
+def make_site_certificates(out: Path, names: list[str], days: int = 365) -> dict[str, Path]:
+    """One client certificate per site for XGBoost's mutual TLS, signed by ``out``'s CA:
+    ``out/sites/NAME/{ca.crt, client.pem, client.key}`` (the folder a site passes as ``--tls-dir``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from xincept.common.errors import SettingError
+
+    key_path = out / CA_KEY
+    if not key_path.is_file():
+        raise SettingError(f"{key_path} is missing: site certificates are signed by the CA made with `xincept-server keys "
+                           f"--out {out}` (without --nodes-only)")
+    ca_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
+    folders = {}
+    for name in names:
+        folder = out / "sites" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = _cert(f"site {name}", ca.subject, ca_key, key.public_key(), days)
+        write_bytes_atomic(folder / "client.key", _private_pem(key), mode=0o600)
+        write_bytes_atomic(folder / "client.pem", cert.public_bytes(serialization.Encoding.PEM))
+        write_bytes_atomic(folder / CA_CERT, (out / CA_CERT).read_bytes())
+        folders[name] = folder
+    return folders
 
 
 def tls_files(tls_dir: Path) -> dict[str, Path]:
@@ -102,8 +130,7 @@ def make_node_keys(folder: Path, names: list[str]) -> dict[str, Path]:
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         path = folder / f"{name}.key"
-        path.write_bytes(private)
-        path.chmod(0o600)
-        Path(f"{path}.pub").write_bytes(public + f" {name}\n".encode())
+        write_bytes_atomic(path, private, mode=0o600)  # private from its first byte
+        write_bytes_atomic(Path(f"{path}.pub"), public + f" {name}\n".encode())
         out[name] = path
     return out

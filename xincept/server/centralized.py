@@ -88,10 +88,11 @@ def choose(model: XinceptModel, val_feats: list[np.ndarray], y_val: np.ndarray, 
 
 
 def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,
-                    compare: bool = False, n_boot: int = 1000, show_progress: bool = True) -> dict[str, Any]:
+                    compare: bool = False, n_boot: int = 1000, show_progress: bool = True,
+                    allow_outside: bool = False) -> dict[str, Any]:
     """Train and evaluate on pooled data; write ``OUT/model``, ``OUT/metrics.json`` and ``OUT/report.md``."""
     t0 = time.perf_counter()
-    site = prepare_site(data, cfg, classes, manifest, show_progress)
+    site = prepare_site(data, cfg, classes, manifest, show_progress, allow_outside)
     protocol, folds = protocol_for(site, cfg)
     t_embed = time.perf_counter() - t0
     cv = cross_validate(site, folds, cfg, compare, show_progress)

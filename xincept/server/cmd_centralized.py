@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from xincept.common.cli import (
-    BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
+    AllowOutsideOpt, BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
     NoPretrainedOpt, OutOpt, PrecisionOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging, split_names,
 )
 from xincept.common.config import THESIS_BACKBONES
@@ -30,6 +30,7 @@ def centralized(
     backbones: BackbonesOpt = ",".join(THESIS_BACKBONES),
     classes: ClassesOpt = None,
     manifest: ManifestOpt = None,
+    allow_outside_paths: AllowOutsideOpt = False,
     group_block: GroupBlockOpt = 25,
     augment_views: Annotated[int, typer.Option("--augment-views", help="Augmented views per training image (thesis Table 3.2), cached like originals.")] = 0,
     activation: Annotated[str, typer.Option("--activation", help="Head activation: relu or gelu.")] = "relu",
@@ -58,7 +59,8 @@ def centralized(
         augment=AugmentConfig(views=augment_views, seed=seed),
         cache_dir=cache_dir or default_cache_dir(),
     )
-    metrics = run_centralized(data, out, cfg, split_names(classes), manifest, compare=compare)
+    metrics = run_centralized(data, out, cfg, split_names(classes), manifest, compare=compare,
+                              allow_outside=allow_outside_paths)
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]
     typer.echo(

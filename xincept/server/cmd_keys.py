@@ -19,14 +19,19 @@ def keys(
 ) -> None:
     """Create the CA, the server certificate and SuperNode keys for a pilot federation (or use your organisation's PKI)."""
     setup_logging()
-    from xincept.common.tls import make_certificates, make_node_keys
+    from xincept.client.policy import valid_site_name
+    from xincept.common.tls import make_certificates, make_node_keys, make_site_certificates
 
+    names = [valid_site_name(s) for s in site]
     if not nodes_only:
         files = make_certificates(out, list(host))
         for name, path in files.items():
-            typer.echo(f"{name}: {path}")
-        typer.echo(f"give each site {files['ca']} (--root-cert); keep {files['ca_key']} and {files['key']} private")
-    if site:
-        for name, path in make_node_keys(out / "nodes", list(site)).items():
-            typer.echo(f"node key {name}: {path} (private: to that site only) and {path}.pub (registered at the server)")
-        typer.echo(f"start the server with --auth-keys {out / 'nodes'}: only these nodes may join")
+            typer.echo(f"{name}: {path}", err=True)
+        typer.echo(f"give each site {files['ca']} (--root-cert); keep {files['key']} private to the server and "
+                   f"{files['ca_key'].parent} offline with the coordinating team (never mount it into the server)", err=True)
+    if names:
+        for name, path in make_node_keys(out / "nodes", names).items():
+            typer.echo(f"node key {name}: {path} (private: to that site only) and {path}.pub (registered at the server)", err=True)
+        for name, folder in make_site_certificates(out, names).items():
+            typer.echo(f"XGBoost client certificate {name}: {folder} (to that site only: `xincept-client join --tls-dir`)", err=True)
+        typer.echo(f"start the server with --auth-keys {out / 'nodes'}: only these nodes may join", err=True)

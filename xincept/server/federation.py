@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from xincept import __version__
+from xincept.client.policy import SITE_NAME
 from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.errors import XinceptError
@@ -240,6 +241,9 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     for n, msg in sorted(replies.items()):
         info = dict(msg.content["info"])
         info.update({k: (list(v) if isinstance(v, list) else v) for k, v in msg.content["metrics"].items()})
+        if not SITE_NAME.fullmatch(str(info.get("site", ""))):  # names become file names and report text
+            raise FederationError(f"node {n} joined with an invalid site name {str(info.get('site'))[:80]!r}: each site must "
+                                  "use 1 to 64 letters, digits, '-' or '_' (`xincept-client join --site NAME`)")
         sites.append(Site(n, str(info["site"]), info))
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
@@ -357,7 +361,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
         "backbones": json.loads(str(sites[0].info["backbones"])),
         "input_size": settings.input_size,
         "package_versions": package_versions(),
-        "data_summary": {"n_images": int(sum(sum(np.atleast_1d(s.info["counts"])) for s in sites)),
+        "data_summary": {"n_images": int(sum(int(s.info["n-train"]) + int(s.info["n-val"]) + int(s.info["n-test"]) for s in sites)),
                          "n_groups": int(sum(int(s.info["n-groups"]) for s in sites)),
                          "sites": {s.name: list(np.atleast_1d(s.info["counts"])) for s in sites}, "synthetic": settings.synthetic},
         "protocol": protocol,

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: FedSettings,
-                    classes: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """Write one manifest per simulated site (``out/site-N.csv``); returns (site names, class list)."""
+                    classes: list[str] | None = None, site_policy: Any = None) -> tuple[list[str], list[str]]:
+    """Write one manifest per simulated site (``out/site-N.csv``) and the policy every simulated site enforces
+    (``out/policy.json``: ``site_policy``, or one made from ``settings``); returns (site names, class list)."""
     kind, _ = parse_scheme(scheme)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "folders":
@@ -34,7 +35,9 @@ def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: 
         scans = [scan_site(f, classes, group_block=settings.group_block, show_progress=False) for f in folders]
         classes = classes or sorted({c for s in scans for c in s.classes})
         scans = [scan_site(f, classes, group_block=settings.group_block, show_progress=False) for f in folders]
-        names = [f.name for f in folders]
+        from xincept.client.policy import valid_site_name
+
+        names = [valid_site_name(f.name) for f in folders]
         for i, s in enumerate(scans):
             write_manifest(out / f"site-{i}.csv", s.records, classes)
     else:
@@ -47,13 +50,34 @@ def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: 
             write_manifest(out / f"site-{i}.csv", [site.records[j] for j in idx], classes)
         names = [f"site-{i}" for i in range(n_sites)]
     write_json_atomic(out / "sites.json", {"names": names, "classes": classes, "scheme": scheme})
+    write_json_atomic(out / "policy.json", (site_policy or simulated_policy(settings)).to_dict(), mode=0o600)
     return names, list(classes)
+
+
+def simulated_policy(settings: FedSettings):
+    """The policy every simulated site enforces: the simulation's own settings, so a simulated server that departs
+    from them is refused exactly as a deployed site would refuse it (the operator owns both sides here)."""
+    from xincept.client.policy import DEFAULT_LIFETIME, DEFAULT_PER_RUN, SitePolicy
+
+    default = SitePolicy()
+    return SitePolicy(require_dp=settings.dp_epsilon > 0, max_epsilon=max(settings.dp_epsilon, default.max_epsilon),
+                      delta=max(settings.dp_delta, default.delta), lifetime_epsilon=max(settings.dp_epsilon, default.lifetime_epsilon),
+                      min_cell_count=settings.min_cell_count, disclosure_modes=(settings.disclosure,),
+                      max_disclosure_epsilon=max(settings.disclosure_epsilon, default.max_disclosure_epsilon),
+                      allow_outside_paths=True,  # the partition manifests point into the original data folder
+                      split_seed=settings.seed, test_fold=settings.test_fold, group_block=settings.group_block,
+                      test_fraction=settings.test_fraction, val_fraction=settings.val_fraction,
+                      queries_per_run=dict(DEFAULT_PER_RUN), queries_lifetime=dict(DEFAULT_LIFETIME))
 
 
 def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, settings: FedSettings, demo: bool = False,
                              cache_dir: Path | None = None, weights_dir: Path | None = None,
-                             reference: bool = True, client_mods: list | None = None) -> dict[str, Any]:
-    """Partition, simulate every site with Flower's simulation engine, and add a centralized reference."""
+                             reference: bool = True, client_mods: list | None = None, site_policy: Any = None) -> dict[str, Any]:
+    """Partition, simulate every site with Flower's simulation engine, and add a centralized reference.
+
+    ``site_policy`` (a :class:`~xincept.client.policy.SitePolicy`) replaces the policy simulated sites derive
+    from ``settings``: a rehearsal of a federation whose server departs from what some site allows.
+    """
     from flwr.simulation import run_simulation
 
     from xincept.client.app import make_client_app
@@ -69,7 +93,7 @@ def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, setti
     if data is None:
         raise SettingError("give --data DIR (or --demo for a generated synthetic set)")
     part_dir = out / "partitions"
-    names, classes = make_partitions(Path(data), n_sites, scheme, part_dir, settings)
+    names, classes = make_partitions(Path(data), n_sites, scheme, part_dir, settings, site_policy=site_policy)
     n_sites = len(names)
     if cache_dir is not None:
         os.environ["XINCEPT_CACHE_DIR"] = str(cache_dir)
@@ -111,7 +135,7 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
     from xincept.common.model import fit_model, validation_choice
 
     locals_ = [load_local_site(names[i], str(part_dir), str(part_dir / f"site-{i}.csv"), tuple(classes), settings,
-                               str(cache_dir) if cache_dir else None, str(weights_dir) if weights_dir else None)
+                               str(cache_dir) if cache_dir else None, str(weights_dir) if weights_dir else None, True)
                for i in range(len(names))]
     feats = [np.concatenate([loc.site.feats[b] for loc in locals_]) for b in range(len(locals_[0].site.feats))]
     y = np.concatenate([loc.site.y for loc in locals_])

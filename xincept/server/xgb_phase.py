@@ -16,17 +16,22 @@ from xincept.common.xgb_federated import free_port, merge_bagging, start_tracker
 log = logging.getLogger(__name__)
 
 
-def tracker_tls(settings: FedSettings) -> Path | None:
-    """Certificates for the tracker: the deployment's, or a pilot set generated under OUT (never none unless insecure)."""
+def tracker_tls(settings: FedSettings, names: list[str]) -> Path | None:
+    """Certificates for the tracker: the deployment's (each site brings its own client certificate), or in a
+    simulation a pilot CA generated under OUT with one client certificate per simulated site
+    (OUT/xgb-tls/sites/NAME). Never none unless insecure."""
     if settings.insecure:
         return None
     if settings.xgb_tls_dir:
         return Path(settings.xgb_tls_dir)
-    from xincept.common.tls import make_certificates
+    from xincept.common.tls import make_certificates, make_site_certificates
 
     folder = Path(settings.out_dir) / "xgb-tls"
-    if not (folder / "client.pem").is_file():
+    if not (folder / "server.pem").is_file():
         make_certificates(folder, [settings.public_host, "localhost", "127.0.0.1"])
+    missing = [n for n in names if not (folder / "sites" / n / "client.pem").is_file()]
+    if missing:
+        make_site_certificates(folder, missing)
     return folder
 
 
@@ -64,14 +69,14 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
     t0 = time.perf_counter()
     arrays = ArrayRecord(state)
     if settings.xgb_mode == "histogram":
-        tls = tracker_tls(settings)
+        tls = tracker_tls(settings, sorted(nodes.values()))
         port = free_port()
         start_tracker(len(nodes), port, tls, timeout=int(settings.xgb_timeout))
         address = f"{settings.public_host}:{port}"
         msgs = {}
         for rank, node in enumerate(sorted(nodes, key=lambda n: nodes[n])):  # ranks by site name
             extra = {"xgb-address": address, "xgb-rank": rank, "xgb-world": len(nodes)}
-            if tls is not None:
+            if tls is not None and not settings.xgb_tls_dir:  # simulated sites only; deployed sites bring their own
                 extra["xgb-tls-dir"] = str(tls.resolve())
             msgs[node] = RecordDict({"arrays": arrays, "config": config(**extra)})
         replies = ask(grid, nodes, "train.xgb", msgs, settings.xgb_timeout)

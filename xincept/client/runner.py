@@ -1,0 +1,150 @@
+"""The site's own ClientApp runner: the installed xincept code answers every message, never server-supplied code.
+
+Flower's default SuperNode launches a fresh ``flwr-clientapp`` process per message, which unpacks the app
+bundle (FAB) the server submitted and imports the ClientApp it names, so the server decides what code
+runs at the site. ``xincept-client join`` instead starts the SuperNode with ``--isolation process`` and
+this runner beside it. The runner takes each task from the SuperNode's local Runtime API (127.0.0.1),
+reads the FAB only as data (a zip whose files and declared components are checked, never unpacked onto
+``sys.path`` or imported) and answers with :data:`xincept.client.app.app` from the installed package.
+A FAB that holds code or names other components is refused before anything runs.
+
+One process serves the whole run: torch, the backbones and the site's cached features stay in memory
+between messages (a fresh process per message re-imported torch and reloaded the cache every round).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import time
+import tomllib
+import zipfile
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = {"serverapp": "xincept.server.app:app", "clientapp": "xincept.client.app:app"}
+FAB_FILES = {"pyproject.toml", "README.md"}  # what `xincept-server start` submits (xincept.server.superlink)
+POLL_S = 0.02
+
+
+class FabRefused(Exception):
+    """The server's app bundle is not the descriptor this site accepts."""
+
+
+def check_fab(content: bytes) -> dict:
+    """The FAB's [tool.flwr.app] table, once the bundle is known to hold no code and name the installed components.
+
+    A FAB is a zip; Flower adds ``.info/CONTENT`` (file hashes). Anything else than ``pyproject.toml`` and
+    ``README.md`` (a Python file, a wheel, a shared library) is refused, and so are components other than
+    xincept's own: the site runs the code it installed, or nothing.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            names = {n for n in fab.namelist() if not n.endswith("/")}
+            files = {n for n in names if not n.startswith(".info/")}
+            if files - FAB_FILES or "pyproject.toml" not in files:
+                raise FabRefused(f"the server's app bundle holds {sorted(files - FAB_FILES)}; this site accepts only "
+                                 f"{sorted(FAB_FILES)} (it runs its installed xincept code, never code from the server)")
+            doc = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FabRefused(f"the server's app bundle is not a readable Flower app ({exc})") from None
+    app = doc.get("tool", {}).get("flwr", {}).get("app", {})
+    if app.get("components") != COMPONENTS:
+        raise FabRefused(f"the server's app names components {app.get('components')}; this site runs only {COMPONENTS}")
+    return app
+
+
+@dataclass
+class Runner:
+    """Takes ClientApp tasks from the SuperNode at ``address`` (its Runtime API on 127.0.0.1) and answers them."""
+
+    address: str
+    stop: bool = False
+
+    def run(self) -> None:
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+        from flwr.supercore.constant import TaskType
+
+        from xincept.client.app import app  # the installed code: imported once, before any task arrives
+
+        client = self._client(None)
+        signal.signal(signal.SIGTERM, self._stop)
+        log.info("site runner: answering ClientApp tasks from %s with the installed xincept code", self.address)
+        while not self.stop:
+            try:
+                res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
+                                                            agentapp_fab_hashes=[]))
+            except Exception as exc:  # noqa: BLE001 (the SuperNode restarts while it reconnects to the server)
+                log.debug("site runner: the SuperNode's Runtime API is not answering (%s); retrying", exc)
+                time.sleep(1.0)
+                continue
+            if res.HasField("task") and res.token:
+                self._serve(app, res.token)
+            else:
+                time.sleep(POLL_S)
+        client.close()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def _client(self, token: str | None):
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
+        if token:
+            interceptors.append(RuntimeTokenHttpInterceptor(token))
+        return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=True, root_certificates=None,
+                                                     interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+    def _serve(self, app, token: str) -> None:
+        """One task: pull the message, check the FAB as data, answer with the installed app, push the reply."""
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        from xincept.client.mods import sanitise
+
+        client = self._client(token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        context, status, details = None, SubStatus.FAILED, "task failed"
+        try:
+            message, context, _run, fab = pull_task_input(client)
+            try:
+                check_fab(fab.content)
+                reply = app(message, context)
+                status, details = SubStatus.COMPLETED, ""
+            except FabRefused as exc:
+                log.error("site runner refuses the run: %s", exc)
+                reply = Message(Error(code=ErrorCode.LOAD_CLIENT_APP_EXCEPTION, reason=sanitise(f"site refuses the run: {exc}")),
+                                reply_to=message)
+                details = "refused: the server's app bundle"
+            except Exception as exc:  # noqa: BLE001 (the ClientApp's own mods answer errors; this is the last net)
+                log.exception("site runner: the ClientApp raised")
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                      reason=sanitise(f"{type(exc).__name__}: {exc}")), reply_to=message)
+            push_message(client, reply, context)
+        except Exception:  # noqa: BLE001 (a broken task must not stop the site)
+            log.exception("site runner: task failed")
+        finally:
+            if heartbeat.is_running:
+                heartbeat.stop()
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+            client.close()
+
+
+def main() -> None:
+    """``python -m xincept.client.runner ADDRESS``: run until SIGTERM (started and stopped by ``xincept-client join``)."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    Runner(sys.argv[1]).run()
+
+
+if __name__ == "__main__":
+    main()

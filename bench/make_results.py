@@ -156,6 +156,72 @@ def plot_accuracy(runs: dict[str, dict], central: dict | None) -> str:
     return "accuracy.png"
 
 
+def _save(fig, name: str) -> str:  # noqa: ANN001
+    fig.tight_layout()
+    fig.savefig(DOCS / name)
+    plt.close(fig)
+    return name
+
+
+def plot_partitions(cv_runs: dict[str, dict]) -> str | None:
+    """Federated vs centralized (same folds, same classifier rule) for each partition of the non-DP, histogram CV runs."""
+    rows = [(r["partition"]["scheme"], r) for name, r in cv_runs.items()
+            if "cv" in r and not r.get("privacy") and r.get("xgb_mode", "histogram") != "bagging"]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    x = range(len(rows))
+    for i, (label, key) in enumerate((("federated", "federated"), ("centralized, same folds", "centralized_selected"))):
+        vals = [r["cv"][key]["accuracy"] for _, r in rows]
+        errs = None
+        if key == "federated":
+            errs = [[v - r["cv"][key]["accuracy_ci95"][0] for v, (_, r) in zip(vals, rows)],
+                    [r["cv"][key]["accuracy_ci95"][1] - v for v, (_, r) in zip(vals, rows)]]
+        ax.bar([j + (i - 0.5) * 0.38 for j in x], vals, width=0.38, yerr=errs, capsize=3, label=label)
+    ax.set_xticks(list(x), [scheme for scheme, _ in rows])
+    ax.set(ylim=(0.7, 0.95), ylabel="accuracy (pooled over 5 folds)", xlabel="partition of the images over 4 sites",
+           title="Accuracy vs partition (random weights): federated and centralized, same folds")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, "partition.png")
+
+
+def plot_dp(cv_runs: dict[str, dict]) -> str | None:
+    """Accuracy against the DP budget (grouped 5-fold CV), with the non-DP IID run as the epsilon = infinity reference."""
+    dp = sorted(((_eps(r["privacy"]), r) for r in cv_runs.values() if r.get("privacy") and "cv" in r), key=lambda t: t[0])
+    if not dp:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    eps = [e for e, _ in dp]
+    ax.plot(eps, [r["cv"]["federated"]["accuracy"] for _, r in dp], "o-", label="federated model (XGBoost or softmax)")
+    soft = [(e, r["cv"]["federated_head_softmax"]["accuracy"]) for e, r in dp if "federated_head_softmax" in r["cv"]]
+    if soft:
+        ax.plot([e for e, _ in soft], [a for _, a in soft], "s--", label="DP-trained head softmax alone")
+    iid = cv_runs.get("iid_cv")
+    if iid and "cv" in iid:
+        ax.axhline(iid["cv"]["federated"]["accuracy"], color="grey", ls=":", label="no DP (IID, same folds)")
+    ax.set(xscale="log", xlabel="epsilon spent per site (max over sites, delta 1e-5)", ylabel="accuracy (pooled over 5 folds)",
+           title="Accuracy vs DP budget (IID, 4 sites, random weights)")
+    ax.set_xticks(eps, [f"{e:.1f}" for e in eps])
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, "dp.png")
+
+
+def plot_embed(embed: dict) -> str:
+    """Images per second of each backbone and both together: the naive path against the default one."""
+    names = [*embed["per_backbone"], "both (fused)"]
+    naive = [embed["per_backbone"][n]["naive_images_per_s"] for n in embed["per_backbone"]] + [embed["naive_images_per_s"]]
+    fast = [embed["per_backbone"][n]["default_images_per_s"] for n in embed["per_backbone"]] + [embed["default_images_per_s"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+    x = range(len(names))
+    ax.bar([j - 0.2 for j in x], naive, width=0.4, label="naive (fp32, eager, 299 px, batch 16)")
+    ax.bar([j + 0.2 for j in x], fast, width=0.4, label="default (bf16, channels-last, folded BN, 224 px)")
+    ax.set_xticks(list(x), names)
+    ax.set(ylabel="images per second (CPU, 2 cores)", title="Embedding throughput")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, "embed.png")
+
+
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
     runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"), key=display_order)}
@@ -223,6 +289,14 @@ def main() -> None:
                 fed = r["cv"]["federated"]["fold_accuracy"]
                 lines.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
         lines += ["", f"![accuracy]({plot_accuracy(cv_runs, central)})", ""]
+        partition_png = plot_partitions(cv_runs)
+        if partition_png:
+            lines += ["Accuracy vs partition (federated with 95% Wilson interval; centralized on the same folds and classifier "
+                      "rule):", "", f"![accuracy vs partition]({partition_png})", ""]
+        dp_png = plot_dp(cv_runs)
+        if dp_png:
+            lines += ["Accuracy vs DP budget (the epsilon each site spent; the dotted line is the same federation without DP):", "",
+                      f"![accuracy vs epsilon]({dp_png})", ""]
     if split_runs:
         lines += ["## Federated, single split (fold 0), other seeds and timing runs", "",
                   "Protocol: each site holds out a grouped 20% test split (fold 0 of the CV above for seed 0) and a grouped 15% "
@@ -296,7 +370,8 @@ def main() -> None:
                   f"| default: bf16, channels-last, conv+BN folded, prefetch, batch 32, 224 px | {embed['default_images_per_s']} |", "",
                   f"Speedup {embed['speedup']}x; whole data set ({embed['full_dataset_images']} images) {embed['full_dataset_default_s']:.0f} s, "
                   f"peak {embed['peak_rss_mb']:.0f} MB; feature cosine vs fp32 >= {embed['feature_cosine_min']}; accuracy delta "
-                  f"{embed['accuracy_delta']} points ({embed['accuracy_protocol']}).", ""]
+                  f"{embed['accuracy_delta']} points ({embed['accuracy_protocol']}).", "",
+                  f"![embedding throughput]({plot_embed(embed)})", ""]
     if scale:
         lines += ["## Scale: simulated sites on this machine", "", "Command: `python bench/scale.py --cache-dir CACHE` "
                   f"({scale['rounds']} rounds of {scale.get('strategy', LEGACY)}, IID, classifier: {'head softmax (--xgb-mode none)' if scale['xgb_mode'] == 'none' else scale['xgb_mode'] + ' XGBoost'}, no reference, no LOSO)", "",

@@ -67,6 +67,12 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     report = (out / "report.md").read_text()
     assert "RANDOM WEIGHTS" in report and "Confusion matrix" in report and "| Benign |" in report
     assert not list(out.rglob("*.tmp"))
+    page = (out / "report.html").read_text()  # ROC per class and reliability from the out-of-fold predictions
+    assert page.count('src="data:image/png;base64,') >= 5
+    assert {"roc.png", "reliability.png", "confusion.png", "folds.png"} <= {p.name for p in (out / "plots").iterdir()}
+    g = metrics["global"]
+    assert set(g["roc"]) == {"Benign", "Early", "Pre", "Pro"} and all(0 <= c["auc"] <= 1 for c in g["roc"].values())
+    assert sum(g["reliability"]["count"]) == g["n"]
 
 
 def test_select_classifier_xgboost_keeps_the_thesis_classifier(trained: dict, tmp_path: Path) -> None:
@@ -171,7 +177,7 @@ def test_grad_cam_on_a_real_blood_smear_is_not_constant(trained: dict, all4: Pat
 
 
 @pytest.mark.parametrize("command", ["predict", "check"])
-def test_format_json_writes_only_json_to_a_piped_stdout(trained: dict, command: str) -> None:
+def test_format_json_writes_only_json_to_a_piped_stdout(trained: dict, command: str, tmp_path: Path) -> None:
     """Every `--format json` command, run as a user would (`... --format json > out.json`): stdout is a pipe, progress
     bars are on (XINCEPT_NO_PROGRESS unset), and stdout parses as JSON with nothing stripped."""
     import os
@@ -181,12 +187,13 @@ def test_format_json_writes_only_json_to_a_piped_stdout(trained: dict, command: 
     env = {k: v for k, v in os.environ.items() if k != "XINCEPT_NO_PROGRESS"}
     exe = str(Path(sys.executable).parent / "xincept-client")
     if command == "predict":
-        images = sorted((trained["data"] / "Pro").iterdir())[:3]
-        args = ["predict", "--model", str(trained["out"] / "model"), *map(str, images), "--cache-dir", str(trained["cache"])]
+        images = sorted(trained["data"].rglob("*.png"))[:12]  # more than 8: predict shows a progress bar
+        # an empty cache: the images are embedded now, behind a progress bar
+        args = ["predict", "--model", str(trained["out"] / "model"), *map(str, images), "--cache-dir", str(tmp_path / "fresh")]
     else:
         args = ["check", "--data", str(trained["data"])]
     res = subprocess.run([exe, *args, "--format", "json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)  # the whole of stdout, as written
-    assert (len(doc) == 3 if command == "predict" else doc["n_images"] == 48)
+    assert (len(doc) == 12 if command == "predict" else doc["n_images"] == 48)

@@ -65,6 +65,15 @@ def test_phases_write_the_bundle_metrics_and_report(data: Path, tmp_path: Path) 
     assert metrics["centralized_reference"]["selected"]["classifier"] in ("xgboost", "head_softmax")
     assert [b["name"] for b in meta["backbones"]] == ["test_resnet", "test_efficientnet"]
     assert "Results at each site" in (out / "report.md").read_text()
+    # report.html: ROC per class and reliability, pooled and per site, drawn from the released counts only
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 5
+    plots = {p.name for p in (out / "plots").iterdir()}
+    assert {"roc.png", "reliability.png", "roc_sites.png", "reliability_sites.png"} <= plots
+    assert set(g["roc"]) == {"Benign", "Early", "Pre", "Pro"} and "roc_withheld_bins" in g
+    assert len(g["reliability"]["withheld"]) == len(g["reliability"]["count"])  # withheld bins are drawn as such
+    site_release = next(iter(metrics["sites"].values()))
+    assert "roc" in site_release and "reliability" in site_release
 
     from xincept.client.predict import predict_images
 

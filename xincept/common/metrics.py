@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "kappa", "ece")
@@ -93,6 +95,30 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     out["auc_ovr"] = auc_ovr(y, proba, k)
     out["ece"] = expected_calibration_error(y, proba)
     return out
+
+
+def prediction_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], bins: int = 10) -> dict[str, Any]:
+    """Exact one-vs-rest ROC curves per class and a reliability histogram, from predictions held in one place
+    (the centralized baseline's out-of-fold predictions); the same shape as a federation's pooled curves."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.asarray(y)
+    curves = {}
+    for c, name in enumerate(classes):
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, _ = roc_curve(pos, proba[:, c])
+        curves[name] = {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "auc": float(roc_auc_score(pos, proba[:, c]))}
+    conf = proba.max(1)
+    which = np.minimum((np.clip(conf, 0, 1) * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=(proba.argmax(1) == y), minlength=bins) / count
+        mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
+    return {"roc": curves, "reliability": {"count": count.tolist(), "accuracy": np.where(count > 0, acc, np.nan).tolist(),
+                                           "confidence": np.where(count > 0, mean_conf, np.nan).tolist(),
+                                           "withheld": [False] * bins}}
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> list[float]:

@@ -87,30 +87,105 @@ def confusion_plot(sites: dict[str, dict[str, Any]], classes: list[str], thresho
     return _png(plt, fig)
 
 
-def roc_plot(m: dict[str, Any]) -> bytes:
-    plt, fig = _figure(4.6, 4.2)
-    ax = fig.gca()
+def _roc_axes(ax, m: dict[str, Any], title: str) -> None:  # noqa: ANN001
     for name, c in m["roc"].items():
-        ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {c['auc']:.3f})")
+        auc = c.get("auc")
+        ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {'n/a' if auc is None or auc != auc else f'{auc:.3f}'})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate")
-    ax.set_title("One-vs-rest ROC, all sites (approximate: 10-bin score\nhistograms; bins below the disclosure threshold withheld)", fontsize=8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
+    withheld = m.get("roc_withheld_bins")
+    ax.set_title(title + (f"\n{withheld} histogram bin(s) withheld (< threshold), counted as 0" if withheld else ""), fontsize=8)
+    ax.legend(fontsize=6, loc="lower right")
+
+
+def roc_plot(m: dict[str, Any], exact: bool = False) -> bytes:
+    plt, fig = _figure(4.6, 4.2)
+    _roc_axes(fig.gca(), m, "One-vs-rest ROC per class, out-of-fold predictions" if exact else
+              "One-vs-rest ROC per class, all sites (10-bin score histograms\nreleased by the sites)")
+    return _png(plt, fig)
+
+
+def _reliability_axes(ax, m: dict[str, Any], title: str) -> None:  # noqa: ANN001
+    rel = m["reliability"]
+    bins = len(rel["count"])
+    centres = (np.arange(bins) + 0.5) / bins
+    acc = np.asarray(rel["accuracy"], dtype=float)
+    withheld = np.asarray(rel.get("withheld", [False] * bins), dtype=bool)
+    shown = ~withheld & np.isfinite(acc)
+    ax.bar(centres[shown], acc[shown], width=1 / bins, edgecolor="k", alpha=0.7, label="observed accuracy")
+    if withheld.any():
+        ax.bar(centres[withheld], np.ones(withheld.sum()), width=1 / bins, color="none", edgecolor="grey", hatch="//",
+               label="withheld (count < threshold)")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"{title} (ECE {m.get('ece') if m.get('ece') is not None else float('nan'):.3f})", fontsize=8)
+    ax.legend(fontsize=6, loc="upper left")
+
+
+def reliability_plot(m: dict[str, Any], title: str = "Reliability, all sites") -> bytes:
+    plt, fig = _figure(4.6, 4.2)
+    _reliability_axes(fig.gca(), m, title)
+    return _png(plt, fig)
+
+
+def _site_grid(sites: dict[str, dict[str, Any]], key: str, draw) -> bytes:  # noqa: ANN001
+    """One panel per site that released ``key`` (ROC or reliability), drawn by ``draw(ax, metrics, title)``."""
+    shown = {s: m for s, m in sorted(sites.items()) if m.get(key)}
+    if not shown:
+        raise ValueError(f"no site released {key} counts")
+    cols = min(len(shown), 4)
+    rows = int(np.ceil(len(shown) / cols))
+    plt, fig = _figure(3.4 * cols, 3.2 * rows)
+    for i, (site, m) in enumerate(shown.items()):
+        draw(fig.add_subplot(rows, cols, i + 1), m, f"{site} (n={m['n']})")
+    return _png(plt, fig)
+
+
+def roc_sites_plot(sites: dict[str, dict[str, Any]]) -> bytes:
+    return _site_grid(sites, "roc", _roc_axes)
+
+
+def reliability_sites_plot(sites: dict[str, dict[str, Any]]) -> bytes:
+    return _site_grid(sites, "reliability", _reliability_axes)
+
+
+def global_confusion_plot(m: dict[str, Any], classes: list[str]) -> bytes:
+    cm = np.asarray(m["confusion"])
+    plt, fig = _figure(4.4, 4.0)
+    ax = fig.gca()
+    ax.imshow(cm, cmap="Blues")
+    for (a, b), v in np.ndenumerate(cm):
+        ax.text(b, a, str(v), ha="center", va="center", fontsize=9, color="white" if v > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, fontsize=8, rotation=45)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix, out-of-fold (n={m['n']})")
+    return _png(plt, fig)
+
+
+def per_class_plot(m: dict[str, Any]) -> bytes:
+    names = list(m["per_class"])
+    x = np.arange(len(names))
+    plt, fig = _figure(5.6, 3.6)
+    ax = fig.gca()
+    for i, key in enumerate(("sensitivity", "specificity", "precision", "f1")):
+        ax.bar(x + (i - 1.5) * 0.2, [m["per_class"][n].get(key, np.nan) for n in names], width=0.2, label=key)
+    ax.set_xticks(x, names)
+    ax.set(ylim=(0, 1.05), ylabel="score", title="Per-class sensitivity, specificity, precision and F1")
     ax.legend(fontsize=7, loc="lower right")
     return _png(plt, fig)
 
 
-def reliability_plot(m: dict[str, Any]) -> bytes:
-    rel = m["reliability"]
-    bins = len(rel["count"])
-    centres = (np.arange(bins) + 0.5) / bins
-    plt, fig = _figure(4.6, 4.2)
+def folds_plot(folds: list[dict[str, Any]]) -> bytes:
+    x = np.arange(len(folds))
+    plt, fig = _figure(5.6, 3.4)
     ax = fig.gca()
-    acc = np.asarray(rel["accuracy"], dtype=float)
-    ax.bar(centres, np.nan_to_num(acc), width=1 / bins, edgecolor="k", alpha=0.7, label="observed accuracy")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
-    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reliability (ECE {m.get('ece') or float('nan'):.3f})")
-    ax.legend(fontsize=7, loc="upper left")
+    for i, (key, label) in enumerate(((None, "chosen classifier"), ("xgboost", "XGBoost"), ("head_softmax", "head softmax"))):
+        vals = [f["accuracy"] if key is None else f.get(key, {}).get("accuracy", np.nan) for f in folds]
+        ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=label)
+    ax.set_xticks(x, [f"fold {f['fold'] + 1}" for f in folds])
+    low = min(f["accuracy"] for f in folds)
+    ax.set(ylim=(max(0.0, low - 0.15), 1.0), ylabel="test accuracy", title="Accuracy per cross-validation fold")
+    ax.legend(fontsize=7, loc="lower right")
     return _png(plt, fig)
 
 
@@ -154,10 +229,28 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
     if metrics.get("sites"):
         jobs.append(("Confusion matrix at each site (test split; withheld cells shown as <N)", "confusion_sites.png",
                      lambda: confusion_plot(metrics["sites"], classes, int(settings.get("min-cell-count", 5)))))
-    if metrics.get("global", {}).get("roc"):
-        jobs.append(("One-vs-rest ROC curves", "roc.png", lambda: roc_plot(metrics["global"])))
-    if metrics.get("global", {}).get("reliability"):
-        jobs.append(("Reliability diagram", "reliability.png", lambda: reliability_plot(metrics["global"])))
+    federated = bool(metrics.get("sites"))
+    glob = metrics.get("global", {})
+    if glob.get("roc"):
+        jobs.append(("One-vs-rest ROC curves per class" + (", all sites (from released histograms)" if federated else
+                                                            ", out-of-fold predictions"),
+                     "roc.png", lambda: roc_plot(glob, exact=not federated)))
+    if glob.get("reliability"):
+        jobs.append(("Reliability diagram" + (", all sites (hatched: bins withheld)" if federated else ", out-of-fold"),
+                     "reliability.png", lambda: reliability_plot(glob, "Reliability, all sites" if federated else
+                                                                 "Reliability, out-of-fold")))
+    if federated and any(m.get("roc") for m in metrics["sites"].values()):
+        jobs.append(("ROC curves per class at each site (test split, released histograms)", "roc_sites.png",
+                     lambda: roc_sites_plot(metrics["sites"])))
+    if federated and any(m.get("reliability") for m in metrics["sites"].values()):
+        jobs.append(("Reliability diagram at each site (hatched: bins withheld)", "reliability_sites.png",
+                     lambda: reliability_sites_plot(metrics["sites"])))
+    if not federated and glob.get("confusion"):
+        jobs.append(("Confusion matrix, out-of-fold predictions", "confusion.png", lambda: global_confusion_plot(glob, classes)))
+    if glob.get("per_class"):
+        jobs.append(("Per-class sensitivity, specificity, precision and F1", "per_class.png", lambda: per_class_plot(glob)))
+    if metrics.get("folds"):
+        jobs.append(("Accuracy per cross-validation fold", "folds.png", lambda: folds_plot(metrics["folds"])))
     if metrics.get("cross_site"):
         jobs.append(("Cross-site accuracy", "cross_site.png", lambda: cross_site_plot(metrics["cross_site"])))
     if metrics.get("privacy"):

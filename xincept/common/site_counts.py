@@ -126,6 +126,8 @@ def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[s
     bins = int(releases[0].get("bins", BINS)) if releases else BINS
     pos, neg = np.zeros((k, bins)), np.zeros((k, bins))
     rel_n, rel_ok, rel_conf = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    rel_withheld = np.zeros(bins, dtype=bool)
+    roc_withheld = 0
     for r in releases:
         c, h = confusion_from_release(r["confusion"], k)
         cm, withheld = cm + c, withheld + h
@@ -136,6 +138,8 @@ def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[s
             rel_n += _clean(r["rel-count"])
             rel_ok += _clean(r["rel-correct"])
             rel_conf += np.asarray(r["rel-conf-sum"], dtype=float)
+            rel_withheld |= (np.asarray(r["rel-count"]) == SUPPRESSED) | (np.asarray(r["rel-correct"]) == SUPPRESSED)
+            roc_withheld += int((np.asarray(r["roc-pos"]) == SUPPRESSED).sum() + (np.asarray(r["roc-neg"]) == SUPPRESSED).sum())
     m = metrics_from_confusion(cm, classes)
     m["n"], m["accuracy"] = n, (correct / n if n else float("nan"))  # exact, whatever cells were withheld
     m["loss"] = loss / max(n, 1)
@@ -151,11 +155,12 @@ def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[s
             if not np.isnan(auc):
                 aucs.append(auc)
         m["roc"] = curves
+        m["roc_withheld_bins"] = roc_withheld  # histogram bins withheld by disclosure control (counted as 0)
         m["auc_ovr"] = float(np.mean(aucs)) if aucs else None
         with np.errstate(invalid="ignore", divide="ignore"):
             acc_b, conf_b = rel_ok / rel_n, rel_conf / rel_n
         m["reliability"] = {"count": rel_n.tolist(), "accuracy": np.where(rel_n > 0, acc_b, np.nan).tolist(),
-                            "confidence": np.where(rel_n > 0, conf_b, np.nan).tolist()}
+                            "confidence": np.where(rel_n > 0, conf_b, np.nan).tolist(), "withheld": rel_withheld.tolist()}
         ok = rel_n > 0
         m["ece"] = float((rel_n[ok] / rel_n.sum() * np.abs(acc_b[ok] - conf_b[ok])).sum()) if ok.any() else None
     return m

@@ -14,7 +14,7 @@ from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.classifiers import predict_proba_full, sklearn_zoo
 from xincept.common.config import RunConfig
-from xincept.common.metrics import bootstrap_ci, classification_metrics, summarize_folds
+from xincept.common.metrics import bootstrap_ci, classification_metrics, prediction_curves, summarize_folds
 from xincept.common.model import XinceptModel, fit_model, select, validation_choice
 from xincept.common.progress import track
 from xincept.common.report import write_reports
@@ -100,6 +100,7 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     groups = [site.groups[i] for i in idx]
     k_classes = site.classes
     glob = classification_metrics(y[idx], cv["oof"][idx], k_classes)
+    glob.update(prediction_curves(y[idx], cv["oof"][idx], k_classes))  # ROC per class and reliability, out-of-fold
     glob["ci95"] = bootstrap_ci(y[idx], cv["oof"][idx], k_classes, groups=groups, n_boot=n_boot, seed=cfg.split.seed)
     metrics: dict[str, Any] = {
         "protocol": protocol,

@@ -38,6 +38,7 @@ def join(
     min_cell_count: Annotated[int | None, typer.Option("--min-cell-count", help="Suppression floor: smaller counts never leave; a server asking for less is refused (policy min-cell-count; default 5).")] = None,
     allow_fedsgd_without_dp: Annotated[bool | None, typer.Option("--allow-fedsgd-without-dp/--no-fedsgd-without-dp", help="Upload exact full-batch gradients (fedsgd) without DP (policy allow-fedsgd-without-dp; default: allowed).")] = None,
     allow_outside_paths: AllowOutsideOpt = False,
+    privacy_ledger: Annotated[Path | None, typer.Option("--privacy-ledger", help="This site's privacy ledger (default STATE_DIR/privacy-ledger.json; never inside the cache).")] = None,
     audit_log: Annotated[Path | None, typer.Option("--audit-log", help="Audit log of every message this site sends (default STATE_DIR/audit.jsonl; always on).")] = None,
 ) -> None:
     """Check DATA like `xincept-client check`, then join the federation at SERVER as SITE (Ctrl-C leaves).
@@ -93,5 +94,5 @@ def join(
     code = run_supernode(NodeOptions(site=site, data=data, server=server, root_cert=root_cert, insecure=insecure, auth_key=auth_key,
                                      cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port, tls_dir=tls_dir,
                                      max_retries=max_retries, max_wait_time=max_wait_time, state_dir=state.dir,
-                                     policy_file=policy_file, audit_log=audit_log))
+                                     policy_file=policy_file, audit_log=audit_log, privacy_ledger=privacy_ledger))
     raise typer.Exit(code)

@@ -155,12 +155,13 @@ def read_policy(path: str | Path | None) -> SitePolicy:
 
 def default_state_dir(site: str) -> Path:
     """Where a site keeps its policy state (split, query counts, privacy ledger, audit log):
-    ``$XINCEPT_STATE_DIR/<site>`` or ``$XDG_STATE_HOME/xincept/<site>`` (``~/.local/state``)."""
+    ``$XINCEPT_STATE_DIR`` (the folder itself, like ``--state-dir``) or ``$XDG_STATE_HOME/xincept/<site>``
+    (``~/.local/state``)."""
     import os
 
     env = os.environ.get("XINCEPT_STATE_DIR")
     if env:
-        return Path(env) / site
+        return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "xincept" / site
 

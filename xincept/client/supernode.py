@@ -36,6 +36,7 @@ class NodeOptions:
     state_dir: Path | None = None  # the site's split, query counts, privacy ledger and audit log
     policy_file: Path | None = None  # the resolved site policy (JSON)
     audit_log: Path | None = None
+    privacy_ledger: Path | None = None  # default: state-dir/privacy-ledger.json
 
 
 def _quote(v: str) -> str:
@@ -53,7 +54,8 @@ def node_config(opts: NodeOptions) -> str:
         items["manifest"] = str(opts.manifest.resolve())
     if opts.tls_dir:
         items["tls-dir"] = str(opts.tls_dir.resolve())
-    for key, path in (("state-dir", opts.state_dir), ("policy-file", opts.policy_file), ("audit-log", opts.audit_log)):
+    for key, path in (("state-dir", opts.state_dir), ("policy-file", opts.policy_file), ("audit-log", opts.audit_log),
+                      ("privacy-ledger", opts.privacy_ledger)):
         if path:
             items[key] = str(path.resolve())
     return " ".join(f"{k}={_quote(v)}" for k, v in items.items())

@@ -20,7 +20,7 @@ def keys(
     """Create the CA, the server certificate and SuperNode keys for a pilot federation (or use your organisation's PKI)."""
     setup_logging()
     from xincept.client.policy import valid_site_name
-    from xincept.common.tls import make_certificates, make_node_keys, make_site_certificates
+    from xincept.common.tls import CA_KEY, make_certificates, make_node_keys, make_site_certificates
 
     names = [valid_site_name(s) for s in site]
     if not nodes_only:
@@ -32,6 +32,11 @@ def keys(
     if names:
         for name, path in make_node_keys(out / "nodes", names).items():
             typer.echo(f"node key {name}: {path} (private: to that site only) and {path}.pub (registered at the server)", err=True)
-        for name, folder in make_site_certificates(out, names).items():
-            typer.echo(f"XGBoost client certificate {name}: {folder} (to that site only: `xincept-client join --tls-dir`)", err=True)
+        if (out / CA_KEY).is_file():
+            for name, folder in make_site_certificates(out, names).items():
+                typer.echo(f"XGBoost client certificate {name}: {folder} (to that site only: `xincept-client join --tls-dir`)",
+                           err=True)
+        else:
+            typer.echo(f"no CA key at {out / CA_KEY}: node keys only. For a site's XGBoost client certificate, run this "
+                       "command against the folder that holds ca/ca.key (kept offline)", err=True)
         typer.echo(f"start the server with --auth-keys {out / 'nodes'}: only these nodes may join", err=True)

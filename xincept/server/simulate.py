@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +94,10 @@ def run_simulated_federation(data: Path | None, n_sites: int, scheme: str, setti
     if data is None:
         raise SettingError("give --data DIR (or --demo for a generated synthetic set)")
     part_dir = out / "partitions"
+    if not settings.resume:  # new simulated hospitals: no split, query counts or privacy ledger from an earlier run here
+        shutil.rmtree(part_dir / "state", ignore_errors=True)
+        for ledger in part_dir.glob("privacy-*.json"):
+            ledger.unlink()
     names, classes = make_partitions(Path(data), n_sites, scheme, part_dir, settings, site_policy=site_policy)
     n_sites = len(names)
     if cache_dir is not None:

@@ -31,6 +31,7 @@ fed bagging_iid_cv --folds 5 --sites 4 --partition iid --xgb-mode bagging --no-l
 fed bagging_dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
 for eps in 8 3 1; do fed "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
 run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
+run ablation python bench/ablation.py --data "$data" --cache-dir "$cache"   # the fused head, one change at a time
 run scale python bench/scale.py --data "$data" --cache-dir "$cache"
 run scale_32 python bench/scale.py --data "$data" --cache-dir "$cache" --sites 32 --group-block 5
 echo "done: $res" >&2

@@ -334,3 +334,20 @@ def test_join_starts_the_supernode_without_flowers_own_clientapp_processes() -> 
     cmd = supernode_command(opts)
     assert cmd[cmd.index("--isolation") + 1] == "process" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert 'policy-file="/state/policy.json"' in node_config(opts) and 'state-dir="/state"' in node_config(opts)
+
+
+@pytest.mark.integration
+def test_training_heads_keep_one_standardisation_for_the_whole_run(tmp_path: Path) -> None:
+    """The server never aggregates the input standardisation, so a site pinning it to one value takes part in every
+    round (a drift in its last bits would look like a server probing with new standardisations)."""
+    from xincept.common.synthetic import write_image_folder
+    from xincept.server.simulate import run_simulated_federation, simulated_policy
+
+    data = write_image_folder(tmp_path / "data", per_class=16, size=64)
+    settings = FedSettings(out_dir=str(tmp_path / "out"), rounds=4, min_cell_count=2, xgb_mode="none", **TINY)
+    # 3 sites of unequal sizes: a weighted mean of equal buffers need not give back their exact bits
+    metrics = run_simulated_federation(data, 3, "dirichlet:1.0", settings, cache_dir=tmp_path / "cache", reference=False,
+                                       site_policy=replace(simulated_policy(settings), max_standardisations=1))
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]
+    queries = json.loads((tmp_path / "out" / "partitions" / "state" / "site-0" / "queries.json").read_text())
+    assert [len(r["standardisations"]) for r in queries["runs"].values()] == [1]

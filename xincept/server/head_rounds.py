@@ -62,6 +62,9 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
     head = new_head_for([len(m) for m, _ in stats], len(classes), settings, member)
     head.set_standardization(stats)
     state = head.trainable_state()
+    # the input standardisation is fixed by the embed phase; it is never aggregated (the strategies' float64 arithmetic
+    # would change its last bits every round, and a site pins it: a changed standardisation is refused)
+    fixed_norms = {k: v.clone() for k, v in state.items() if k.startswith("norms.")}
     strategy = make_strategy(settings, len(nodes))
     result = HeadResult(state)
     best_key: tuple[float, float] = (-1.0, float("-inf"))
@@ -125,6 +128,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             raise XinceptError(f"{label} round {r}: no update could be aggregated")
         # back to each tensor's own dtype: Flower's FedAdam does its arithmetic in float64 and would double the bytes
         state = {k: v.to(dtypes[k]) for k, v in agg.to_torch_state_dict().items()}
+        state.update({k: v.clone() for k, v in fixed_norms.items()})
         result.rounds.append({
             "round": r,
             "member": member,

@@ -1,0 +1,187 @@
+"""The deployed path against the simulation, on the same data and rounds.
+
+Runs `xincept-server start` (TLS SuperLink, node authentication) and 3 `xincept-client join` sites as processes on
+127.0.0.1 over a subset of the real images (whole groups of 25 file numbers dealt to the sites in turn), then
+`xincept-server simulate --partition folders` over the same site folders with the same settings. Prints one JSON
+object: seconds per head round, per phase, total wall time, peak memory of every process together (sampled every
+0.5 s) and the largest number of processes, for both, and their ratios.
+
+    python bench/deployed.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--per-site 150] [--rounds 20]
+
+Random backbone weights (--no-pretrained), 224 px, one head (head-members 1), no leave-one-site-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _proc import _tree_rss_mb  # noqa: E402
+
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree_size(pids: list[int]) -> int:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    seen, todo = set(), list(pids)
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += children.get(p, [])
+    return len(seen)
+
+
+class Sampler:
+    """Peak summed RSS and peak process count of several process trees."""
+
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        self.procs, self.peak_mb, self.peak_procs, self._done = procs, 0.0, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            live = [p.pid for p in self.procs if p.poll() is None]
+            self.peak_mb = max(self.peak_mb, sum(_tree_rss_mb(pid) for pid in live))
+            self.peak_procs = max(self.peak_procs, _tree_size(live))
+            self._done.wait(0.5)
+
+    def stop(self) -> dict:
+        self._done.set()
+        self._thread.join()
+        return {"peak_rss_mb": round(self.peak_mb), "peak_processes": self.peak_procs}
+
+
+def deal_sites(data: Path, out: Path, per_site: int, block: int = 25) -> Path:
+    """Symlinked site folders out/<site>/<class>/<image>: whole groups of ``block`` file numbers, dealt in turn."""
+    root = out / "sites"
+    for c, class_dir in enumerate(sorted(p for p in data.iterdir() if p.is_dir())):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file())
+        groups = [files[i:i + block] for i in range(0, len(files), block)]
+        quota = per_site // 4
+        taken = {s: 0 for s in SITES}
+        for g, group in enumerate(groups):
+            site = SITES[(g + c) % len(SITES)]
+            if taken[site] >= quota:
+                continue
+            (root / site / class_dir.name).mkdir(parents=True, exist_ok=True)
+            for f in group:
+                (root / site / class_dir.name / f.name).symlink_to(f.resolve())
+            taken[site] += len(group)
+    return root
+
+
+def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str], rounds: int) -> dict:
+    exe = Path(sys.executable).parent
+    env = {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([str(exe / "xincept-server"), "keys", "--out", str(out / "tls"), *[a for s in SITES for a in ("--site", s)]],
+                   env=env, check=True, capture_output=True)
+    port = free_port()
+    t0 = time.perf_counter()
+    server = subprocess.Popen([str(exe / "xincept-server"), "start", "--out", str(out / "fed"), "--tls-dir", str(out / "tls"),
+                               "--auth-keys", str(out / "tls" / "nodes"), "--min-sites", "3", "--rounds", str(rounds),
+                               "--join-timeout", "600", "--port", str(port), "--config", str(cfg), *model],
+                              env=env, stdout=(out / "server.log").open("w"), stderr=subprocess.STDOUT)
+    clients = [subprocess.Popen([str(exe / "xincept-client"), "join", "--site", s, "--data", str(sites / s),
+                                 "--server", f"127.0.0.1:{port}", "--root-cert", str(out / "tls" / "ca.crt"),
+                                 "--auth-key", str(out / "tls" / "nodes" / f"{s}.key"), "--tls-dir", str(out / "tls" / "sites" / s),
+                                 "--cache-dir", str(cache), "--state-dir", str(out / f"state-{s}"),
+                                 "--clientapp-port", str(free_port())],
+                                env=env, stdout=(out / f"{s}.log").open("w"), stderr=subprocess.STDOUT) for s in SITES]
+    sampler = Sampler([server, *clients])
+    try:
+        code = server.wait(timeout=3600)
+    finally:
+        usage = sampler.stop()
+        from xincept.common.processes import stop_tree
+
+        for p in [server, *clients]:
+            stop_tree(p)
+    wall = time.perf_counter() - t0
+    if code != 0:
+        return {"error": f"server exited {code}; see {out / 'server.log'}", "wall_s": round(wall, 1), **usage}
+    return {**summary(json.loads((out / "fed" / "metrics.json").read_text())), "wall_s": round(wall, 1), **usage}
+
+
+def run_simulated(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str], rounds: int) -> dict:
+    exe = Path(sys.executable).parent
+    env = {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(exe / "xincept-server"), "simulate", "--data", str(sites), "--partition", "folders",
+                             "--out", str(out / "sim"), "--rounds", str(rounds), "--config", str(cfg), "--no-loso",
+                             "--no-reference", "--cache-dir", str(cache), *model],
+                            env=env, stdout=(out / "sim.log").open("w"), stderr=subprocess.STDOUT)
+    sampler = Sampler([proc])
+    code = proc.wait(timeout=3600)
+    usage = sampler.stop()
+    wall = time.perf_counter() - t0
+    if code != 0:
+        return {"error": f"simulate exited {code}; see {out / 'sim.log'}", "wall_s": round(wall, 1), **usage}
+    return {**summary(json.loads((out / "sim" / "metrics.json").read_text())), "wall_s": round(wall, 1), **usage}
+
+
+def summary(m: dict) -> dict:
+    t = m["timing_s"]
+    rounds = m["communication"]["rounds"]
+    return {"accuracy": m["global"]["accuracy"], "n_test": m["global"]["n"], "rounds": rounds,
+            "seconds_per_head_round": round(t["head_rounds"] / rounds, 3),
+            "phases_s": {k: t[k] for k in ("embed", "head_rounds", "xgb", "validate", "total")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/all4"))
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--per-site", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-deployed-"))
+    out.mkdir(parents=True, exist_ok=True)
+    cache = args.cache_dir or Path(os.environ.get("XINCEPT_CACHE_DIR", Path.home() / ".cache" / "xincept"))
+    sites = deal_sites(args.data, out, args.per_site)
+    cfg = out / "fed.toml"
+    cfg.write_text("head-members = 1\n")
+    model = ["--no-pretrained"]
+    deployed = run_deployed(sites, out, cache, cfg, model, args.rounds)
+    simulated = run_simulated(sites, out, cache, cfg, model, args.rounds)
+    result = {"weights": "random (--no-pretrained)", "input_size": 224, "sites": len(SITES),
+              "images": sum(1 for _ in sites.rglob("*.*")), "rounds": args.rounds,
+              "command": f"python bench/deployed.py --data ../shared/datasets/all4 --cache-dir CACHE --per-site {args.per_site} "
+                         f"--rounds {args.rounds}",
+              "protocol": "each site holds out a grouped 20% test split and a grouped 15% validation split of the rest; "
+                          "accuracy over the union of the sites' test splits (a small subset: a timing run, not an accuracy claim)",
+              "deployed": deployed, "simulated": simulated}
+    if "error" not in deployed and "error" not in simulated:
+        result["ratio_seconds_per_head_round"] = round(deployed["seconds_per_head_round"] / simulated["seconds_per_head_round"], 2)
+        result["ratio_wall"] = round(deployed["wall_s"] / simulated["wall_s"], 2)
+    print(json.dumps(result, indent=1))
+    if not args.out:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -139,10 +139,15 @@ class Runner:
 
 
 def main() -> None:
-    """``python -m xincept.client.runner ADDRESS``: run until SIGTERM (started and stopped by ``xincept-client join``)."""
+    """``python -m xincept.client.runner ADDRESS [PARENT_PID]``: run until SIGTERM or until the parent process is gone
+    (started and stopped by ``xincept-client join``)."""
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if len(sys.argv) > 2:  # the parent (xincept-client join): stop when it is gone, however it ended
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(int(sys.argv[2]))
     Runner(sys.argv[1]).run()
 
 

@@ -133,8 +133,10 @@ def run_supernode(opts: NodeOptions) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     start, delay, tries = time.monotonic(), 2.0, 0
     proc = None
-    runner = subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}"], env=env,
-                              start_new_session=True)  # lives for the whole run: torch and the site's features stay loaded
+    # lives for the whole run (torch and the site's features stay loaded); in join's process group, and it exits by itself
+    # when join dies (a group kill or SIGKILL of join must not leave it behind)
+    runner = subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}",
+                               str(os.getpid())], env=env)
     try:
         while True:
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)

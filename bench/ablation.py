@@ -1,12 +1,12 @@
 """What costs the fused head its accuracy: one change at a time against Algorithm 1's defaults, on the project's
 own cached features and grouped folds (the folds of `xincept-server centralized --folds 5`).
 
-Every variant trains on each fold's training part and is scored on the held-out fold (head softmax; XGBoost on
-the head's 64-wide embedding beside it); early stopping uses the same grouped inner validation split as
-`centralized`. "fixed N epochs" variants train on training + validation for N epochs (no early stopping).
+Every variant trains on each fold's training part and is scored on the held-out fold by the head's softmax; the
+grouped inner validation split is the one `centralized` uses (early stopping where a variant turns it on, XGBoost's
+early stopping). Each variant changes one thing against the defaults (or names a whole recipe). Beside the
+defaults, XGBoost on each candidate input: the 64-wide fusion embedding, the branches' 64-wide activations, the logits.
 Prints one JSON object: per variant, accuracy pooled over the folds' test images with its Wilson interval,
-the per-fold accuracies and their spread, and (for the defaults and the plain-Adam recipes) XGBoost on the same
-embedding.
+the per-fold accuracies and their spread, and the epochs kept per fold.
 
     python bench/ablation.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--variants "a;b;..."]
 
@@ -26,57 +26,72 @@ from pathlib import Path
 import numpy as np
 
 THESIS = ("legacy_xception", "inception_v3")
-PLAIN = dict(l2=0.0, dropout=0.0, batch_size=32, lr=1e-3, weight_decay=1e-4)  # the issue's plain-Adam recipe
-XGB = {"algorithm1 (defaults)", "plain Adam, early stopping", "plain Adam, fixed 30 epochs"}  # XGBoost beside these only
-VARIANTS: dict[str, dict] = {  # name -> HeadConfig changes (+ "epochs": fixed epochs without early stopping, "branches")
-    "algorithm1 (defaults)": {},
-    "no Keras L2": {"l2": 0.0},
-    "no input dropout": {"dropout": 0.0},
-    "batch 32": {"batch_size": 32},
+# Variants: HeadConfig changes against the defaults, plus "branches" (which backbones), "recipe": "algorithm1" (thesis
+# Algorithm 1's training recipe, ALGORITHM1_RECIPE) and "absolute_eps" (the standardisation before the fix: variance
+# + 1e-6, which shrank random-weight Xception's ~1e-4 features tenfold beside InceptionV3's)
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "algorithm1 recipe, absolute-eps standardisation (before the fix)": {"recipe": "algorithm1", "absolute_eps": True},
+    "algorithm1 recipe": {"recipe": "algorithm1"},
+    "defaults, absolute-eps standardisation": {"absolute_eps": True},
+    "+ Keras L2 0.01": {"l2": 0.01},
+    "+ input dropout 0.5": {"dropout": 0.5},
+    "+ early stopping (patience 20, at most 100 epochs)": {"patience": 20, "max_epochs": 100},
+    "batch 64": {"batch_size": 64},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "label smoothing 0.2": {"label_smoothing": 0.2},
+    "no weight decay": {"weight_decay": 0.0},
     "lr 3e-4": {"lr": 3e-4},
     "lr 3e-3": {"lr": 3e-3},
-    "weight decay 1e-4": {"weight_decay": 1e-4},
-    "no early stopping (fixed 30 epochs)": {"epochs": 30},
-    "no L2, no dropout": {"l2": 0.0, "dropout": 0.0},
-    "plain Adam, early stopping": dict(PLAIN),
-    "plain Adam, fixed 30 epochs": {**PLAIN, "epochs": 30},
-    "plain Adam, Xception alone": {**PLAIN, "branches": [0]},
-    "plain Adam, InceptionV3 alone": {**PLAIN, "branches": [1]},
-    "algorithm1, Xception alone": {"branches": [0]},
+    "20 epochs": {"max_epochs": 20},
+    "50 epochs": {"max_epochs": 50},
+    "Xception alone": {"branches": [0]},
+    "InceptionV3 alone": {"branches": [1]},
+    "Xception alone, no label smoothing": {"branches": [0], "label_smoothing": 0.0},
+    "Xception alone, algorithm1 recipe": {"branches": [0], "recipe": "algorithm1"},
+    "InceptionV3 alone, algorithm1 recipe": {"branches": [1], "recipe": "algorithm1"},
 }
+XGB_INPUTS = ("embedding", "branches", "logits")  # XGBoost beside the defaults on each of these (--xgb-study)
 
 
-def run_variant(site, folds, cfg, changes: dict, salt_split, with_xgb: bool) -> dict:  # noqa: ANN001
-    import torch
+def _absolute_eps(sums: dict, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    n = float(sums["n"][0])
+    mean = sums["sum"] / n
+    var = np.maximum(sums["sumsq"] / n - mean**2, 0.0)
+    return mean.astype(np.float32), np.sqrt(var + eps).astype(np.float32)
 
+
+def run_variant(site, folds, cfg, changes: dict, salt_split, xgb_inputs: tuple[str, ...] = ()) -> dict:  # noqa: ANN001
+    from unittest import mock
+
+    from xincept.common import train_head
     from xincept.common.classifiers import fit_xgb, xgb_predict_proba
+    from xincept.common.config import ALGORITHM1_RECIPE
     from xincept.common.metrics import wilson_interval
-    from xincept.common.model import select
-    from xincept.common.train_head import embed_features, fit_head, new_head, predict_logits, train_epochs
+    from xincept.common.model import XinceptModel, select
 
     changes = dict(changes)
-    epochs = changes.pop("epochs", 0)
     branches = changes.pop("branches", None)
-    head_cfg = replace(cfg.head, **changes)
+    recipe = ALGORITHM1_RECIPE if changes.pop("recipe", None) == "algorithm1" else {}
+    absolute = changes.pop("absolute_eps", False)
+    head_cfg = replace(cfg.head, **{**recipe, **changes})
     feats = site.feats if branches is None else [site.feats[b] for b in branches]
     y = site.y
-    accs, xgb_accs, ns, t0 = [], [], [], time.perf_counter()
+    accs, xgb_accs, ns, epochs, t0 = [], {k: [] for k in xgb_inputs}, [], [], time.perf_counter()
+    patch = mock.patch.object(train_head, "sums_to_mean_std", _absolute_eps) if absolute else mock.patch.object(train_head, "log", train_head.log)
     for i, fold in enumerate(folds):
         tr, val = salt_split(site, fold.train, cfg, salt=i + 1)
-        if epochs:
-            fit = np.concatenate([tr, val])
-            torch.manual_seed(head_cfg.seed)
-            head = new_head(select(feats, fit), len(site.classes), head_cfg)
-            train_epochs(head, select(feats, fit), y[fit], epochs, head_cfg, seed=head_cfg.seed)
-        else:
-            head, _ = fit_head(select(feats, tr), y[tr], select(feats, val), y[val], len(site.classes), head_cfg)
-        pred = predict_logits(head, select(feats, fold.test)).argmax(1)
+        with patch:
+            head, hist = train_head.fit_head(select(feats, tr), y[tr], select(feats, val), y[val], len(site.classes), head_cfg)
+        epochs.append(hist.best_epoch + 1)
+        pred = train_head.predict_logits(head, select(feats, fold.test)).argmax(1)
         accs.append(float((pred == y[fold.test]).mean()))
-        if with_xgb:
-            booster = fit_xgb(embed_features(head, select(feats, tr)), y[tr], embed_features(head, select(feats, val)), y[val],
+        for kind in xgb_inputs:
+            model = XinceptModel(head=head, booster=None, classes=site.classes, xgb_features=kind)
+            booster = fit_xgb(model.xgb_inputs(select(feats, tr)), y[tr], model.xgb_inputs(select(feats, val)), y[val],
                               len(site.classes), cfg.xgb)
-            proba = xgb_predict_proba(booster, embed_features(head, select(feats, fold.test)))
-            xgb_accs.append(float((proba.argmax(1) == y[fold.test]).mean()))
+            proba = xgb_predict_proba(booster, model.xgb_inputs(select(feats, fold.test)))
+            xgb_accs[kind].append(float((proba.argmax(1) == y[fold.test]).mean()))
         ns.append(len(fold.test))
 
     def pooled(values: list[float]) -> dict:
@@ -84,8 +99,8 @@ def run_variant(site, folds, cfg, changes: dict, salt_split, with_xgb: bool) -> 
         return {"accuracy": correct / sum(ns), "accuracy_ci95": wilson_interval(correct, sum(ns)),
                 "fold_accuracy": values, "fold_sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
-    return {"head_softmax": pooled(accs), **({"xgboost_on_embedding": pooled(xgb_accs)} if with_xgb else {}),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"head_softmax": pooled(accs), **{f"xgboost_on_{k}": pooled(v) for k, v in xgb_accs.items()},
+            "epochs_kept": epochs, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:
@@ -109,7 +124,8 @@ def main() -> None:
            "command": "python bench/ablation.py --data ../shared/datasets/all4 --cache-dir CACHE", "variants": {}}
     for name in args.variants.split(";"):
         out["variants"][name] = {"changes": VARIANTS[name],
-                                 **run_variant(site, folds, cfg, VARIANTS[name], _inner_split, name in XGB)}
+                                 **run_variant(site, folds, cfg, VARIANTS[name], _inner_split,
+                                               XGB_INPUTS if name == "defaults" else ())}
         print(f"{name}: {out['variants'][name]['head_softmax']['accuracy']:.4f}", file=sys.stderr, flush=True)
         if args.partial:
             args.partial.write_text(json.dumps(out, indent=1))

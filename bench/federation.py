@@ -96,6 +96,7 @@ def run_one(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     exe = shutil.which("xincept-server") or "xincept-server"
     cmd = [exe, "simulate", "--data", str(args.data), "--sites", str(args.sites), "--partition", args.partition,
            "--no-pretrained", "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), *extra]
+    out.parent.mkdir(parents=True, exist_ok=True)
     measured = run_measured(cmd, out.parent / f"{out.name}.log", args.timeout)
     if measured["exit_code"] != 0:
         log = out.parent / f"{out.name}.log"

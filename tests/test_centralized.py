@@ -44,7 +44,8 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert meta["data_summary"]["n_images"] == 48 and meta["protocol"]["kind"] == "grouped-stratified-kfold"
     assert meta["embedding_path"]["dtype"] in {"float32", "bfloat16"} and meta["embedding_path"]["device"] == "cpu"
     assert (out / "model" / "head.safetensors").stat().st_size > 0
-    chosen = meta["classifier_selection"]["chosen"]  # the final model's validation choice decides what the bundle ships
+    chosen = meta["classifier_selection"]["chosen"]
+    assert chosen == "xgboost" and meta["classifier"]["features"] == "branches"  # the default ships XGBoost
     assert meta["classifier"]["kind"] == {"xgboost": "xgboost", "head_softmax": "head-softmax"}[chosen]
     assert (out / "model" / "xgb.json").is_file() == (chosen == "xgboost")
 
@@ -58,10 +59,8 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert sum(f["n_test"] for f in metrics["folds"]) == 48
     assert g["accuracy"] > 0.5  # the synthetic classes differ in stain and shape
     assert set(metrics["comparison"]) >= {"xgboost", "svm", "knn", "adaboost", "logistic_regression", "random_forest"}
-    for f in metrics["folds"]:  # each fold's accuracy is the classifier it chose on its validation images
-        val = f["val_accuracy"]
-        assert f["classifier_chosen"] == ("head_softmax" if val["head_softmax"] > val["xgboost"] else "xgboost")
-        assert f["accuracy"] == f[f["classifier_chosen"]]["accuracy"]
+    for f in metrics["folds"]:  # select-classifier xgboost (default): every fold's accuracy is XGBoost's
+        assert f["classifier_chosen"] == "xgboost" and f["accuracy"] == f["xgboost"]["accuracy"]
     assert metrics["classifier_chosen"] == [f["classifier_chosen"] for f in metrics["folds"]]
 
     report = (out / "report.md").read_text()
@@ -75,14 +74,20 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert sum(g["reliability"]["count"]) == g["n"]
 
 
-def test_select_classifier_xgboost_keeps_the_thesis_classifier(trained: dict, tmp_path: Path) -> None:
+def test_select_classifier_best_val_keeps_the_better_one_on_validation(trained: dict, tmp_path: Path) -> None:
+    defaults = json.loads((trained["out"] / "metrics.json").read_text())
+    assert defaults["classifier_chosen"] == ["xgboost"] * 3 and defaults["global"]["accuracy"] == defaults["xgboost"]["accuracy"]
     out = tmp_path / "out"
     res = runner.invoke(server_app, ["centralized", "--data", str(trained["data"]), "--out", str(out), "--folds", "3",
-                                     "--cache-dir", str(trained["cache"]), "--select-classifier", "xgboost", *TINY])
+                                     "--cache-dir", str(trained["cache"]), "--select-classifier", "best-val", *TINY])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["classifier_chosen"] == ["xgboost"] * 3 and metrics["global"]["accuracy"] == metrics["xgboost"]["accuracy"]
-    assert (out / "model" / "xgb.json").is_file()
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert set(metrics["classifier_chosen"]) <= {"xgboost", "head_softmax"}
+    val = meta["classifier_selection"]["val_accuracy"]
+    chosen = meta["classifier_selection"]["chosen"]
+    assert chosen == ("head_softmax" if val["head_softmax"] > val["xgboost"] else "xgboost")
+    assert (out / "model" / "xgb.json").is_file() == (chosen == "xgboost")
     bad = runner.invoke(server_app, ["centralized", "--data", str(trained["data"]), "--out", str(tmp_path / "o2"),
                                      "--select-classifier", "best", *TINY])
     assert bad.exit_code == 2 and "select-classifier" in bad.output and "best-val or xgboost" in bad.output

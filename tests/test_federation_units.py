@@ -56,11 +56,13 @@ def test_settings_round_trip_and_config_file(tmp_path: Path) -> None:
         FedSettings(strategy="fedsgdd")
 
 
-def test_auto_strategy_settles_on_fedsgd_or_fedavg_with_dp_and_picks_its_rounds() -> None:
+def test_auto_strategy_settles_on_fedavg_and_picks_its_rounds() -> None:
     s = FedSettings()
-    assert (s.strategy, s.rounds, s.server_lr) == ("fedsgd", 150, 0.02)
+    assert (s.strategy, s.rounds, s.local_epochs, s.head_members) == ("fedavg", 10, 3, 1)
     dp = FedSettings(dp_epsilon=8.0)
-    assert (dp.strategy, dp.rounds, dp.server_lr) == ("fedavg", 20, 0.05)
+    assert (dp.strategy, dp.rounds, dp.server_lr) == ("fedavg", 10, 0.05)
+    sgd = FedSettings(strategy="fedsgd")
+    assert (sgd.rounds, sgd.server_lr, sgd.head_members) == (150, 0.02, 3)
     assert FedSettings(strategy="fedavg", rounds=7).rounds == 7
     assert FedSettings.from_flat(s.to_flat()) == s  # sites receive the settled choice
     with pytest.raises(SettingError, match="--strategy fedavg"):
@@ -68,7 +70,8 @@ def test_auto_strategy_settles_on_fedsgd_or_fedavg_with_dp_and_picks_its_rounds(
 
 
 def test_head_members_default_to_three_for_fedsgd_and_refuse_dp() -> None:
-    assert FedSettings().head_members == 3
+    assert FedSettings(strategy="fedsgd").head_members == 3
+    assert FedSettings().head_members == 1
     assert FedSettings(strategy="fedavg").head_members == 1
     assert FedSettings(dp_epsilon=8.0).head_members == 1
     assert FedSettings(head_members=2).head_members == 2
@@ -168,7 +171,7 @@ def test_head_rounds_metrics_from_counts_only() -> None:
 def test_fedsgd_server_step_can_decay_on_a_cosine_over_the_rounds() -> None:
     from xincept.server.strategies import inner, make_strategy, set_round
 
-    s = FedSettings(rounds=100, server_lr_schedule="cosine")
+    s = FedSettings(strategy="fedsgd", rounds=100, server_lr_schedule="cosine")
     strategy = make_strategy(s, 4)
     set_round(strategy, s, 1)
     assert inner(strategy).eta == pytest.approx(0.02) and inner(strategy).tau == pytest.approx(1e-8)
@@ -176,7 +179,7 @@ def test_fedsgd_server_step_can_decay_on_a_cosine_over_the_rounds() -> None:
     assert inner(strategy).eta == pytest.approx(0.01)
     set_round(strategy, s, 100)
     assert 0 < inner(strategy).eta < 1e-4
-    flat = FedSettings(rounds=100, server_lr_schedule="constant")
+    flat = FedSettings(strategy="fedsgd", rounds=100, server_lr_schedule="constant")
     constant = make_strategy(flat, 4)
     set_round(constant, flat, 51)
     assert inner(constant).eta == pytest.approx(0.02)  # a constant schedule keeps server-lr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xincept.common.config import HeadConfig
+from xincept.common.config import ALGORITHM1_RECIPE, HeadConfig
 from xincept.common.head import (FusedHead, HeadEnsemble, add_sums, ensemble_state, feature_sums, head_for_state, member_count,
                                  signed_log, sums_to_mean_std)
 
@@ -40,7 +40,7 @@ def test_activation_is_selectable(act: str, cls: type) -> None:
 
 
 def test_l2_penalty_covers_only_the_k_wide_linear_layers() -> None:
-    head = FusedHead([8, 8], 3)
+    head = FusedHead([8, 8], 3, HeadConfig(**ALGORITHM1_RECIPE))  # Keras L2 0.01 belongs to Algorithm 1's recipe
     with torch.no_grad():
         for p in head.parameters():
             p.zero_()
@@ -62,6 +62,17 @@ def test_standardisation_from_summed_site_statistics_equals_pooled() -> None:
     head.set_standardization([(mean, std)])
     out = head.norms[0](torch.as_tensor(np.concatenate([a, b]), dtype=torch.float32))
     assert torch.isfinite(out).all() and out.abs().mean() < 3
+
+
+def test_standardisation_gives_tiny_scale_features_unit_variance() -> None:
+    """Random-weight Xception features vary by ~1e-4: an absolute variance epsilon used to shrink them tenfold."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(7e-5, 1e-4, (200, 8))
+    x[:, 0] = 0.0  # a dead (constant) feature must not divide by zero
+    mean, std = sums_to_mean_std(feature_sums(x))
+    z = (signed_log(x) - mean) / std
+    np.testing.assert_allclose(z[:, 1:].std(0), 1.0, rtol=1e-3)
+    assert np.isfinite(z).all() and np.all(z[:, 0] == 0)
 
 
 def test_ensemble_averages_the_members_softmax_and_concatenates_their_embeddings() -> None:

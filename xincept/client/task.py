@@ -24,7 +24,7 @@ from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
 from xincept.common.site_counts import site_counts
-from xincept.common.train_head import embed_features, gradient_step, predict_logits, softmax, to_tensors, train_epochs
+from xincept.common.train_head import gradient_step, predict_logits, softmax, to_tensors, train_epochs, xgb_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class LocalSite:
     split: dict[str, np.ndarray]
     settings: FedSettings
     standardised: dict[bytes, list[torch.Tensor]] = field(default_factory=dict, repr=False)  # fedsgd's training inputs
+    backbone_bytes: int = 0  # the frozen backbones' parameter bytes (the models themselves are released after embedding)
 
     @property
     def classes(self) -> list[str]:
@@ -63,7 +64,13 @@ def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tup
                         show_progress=False, allow_outside=allow_outside)
     split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed, settings.test_fold)
     log.info("site %s: %d images (train %d, val %d, test %d)", name, len(site.y), *(len(split[k]) for k in ("train", "val", "test")))
-    return LocalSite(name=name, site=site, split=split, settings=settings)
+    local = LocalSite(name=name, site=site, split=split, settings=settings)
+    # every image is embedded: a federation only needs the cached features, so the backbones (~190 MB for the
+    # thesis pair) leave this long-lived process; their size is kept for the join report
+    local.backbone_bytes = int(sum(p.numel() * p.element_size() for b in site.backbones for p in b.model.parameters()))
+    for b in site.backbones:
+        b.model = None
+    return local
 
 
 def dataset_id(local: LocalSite) -> str:
@@ -92,7 +99,7 @@ def join_info(local: LocalSite) -> dict[str, Any]:
         "classes": local.classes,
         "weights": local.site.backbones[0].weights.split(":")[0],
         "backbones": json.dumps([b.describe() for b in local.site.backbones]),
-        "backbone_bytes": int(sum(p.numel() * p.element_size() for b in local.site.backbones for p in b.model.parameters())),
+        "backbone_bytes": local.backbone_bytes,
         "n_groups": int(local.site.data.report.n_groups),
         "counts": [c if c == 0 or c >= floor else SUPPRESSED for c in (int((y == k).sum()) for k in range(len(local.classes)))],
         "n_train": int(len(local.split["train"])),
@@ -188,9 +195,9 @@ def _dp_round(local: LocalSite, head: FusedHead, idx: np.ndarray, seed: int, ser
 
 
 def split_embeddings(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Shared embeddings (global head) and labels of one split; they stay at the site."""
+    """XGBoost's inputs (``xgb-features`` of the global head) and labels of one split; they stay at the site."""
     idx = local.split[split]
-    return embed_features(_head(local, state), select(local.site.feats, idx)), local.site.y[idx]
+    return xgb_inputs(_head(local, state), select(local.site.feats, idx), local.settings.xgb_features), local.site.y[idx]
 
 
 def xgb_histogram(local: LocalSite, state: dict[str, torch.Tensor], address: str, rank: int, world: int,
@@ -221,7 +228,7 @@ def local_proba(local: LocalSite, state: dict[str, torch.Tensor], split: str, bo
         from xincept.common.classifiers import xgb_predict_proba
         from xincept.common.xgb_federated import booster_from_raw
 
-        return xgb_predict_proba(booster_from_raw(booster_raw), embed_features(head, feats))
+        return xgb_predict_proba(booster_from_raw(booster_raw), xgb_inputs(head, feats, local.settings.xgb_features))
     return softmax(predict_logits(head, feats))
 
 

@@ -161,10 +161,10 @@ def _dp_loop(head: FusedHead, opt: torch.optim.Optimizer, loader: torch.utils.da
     common = dict(module=head, optimizer=opt, data_loader=loader, noise_multiplier=plan.noise_multiplier,
                   max_grad_norm=plan.max_grad_norm, poisson_sampling=True, grad_sample_mode=mode)
     if mode == "ghost":
-        module, opt, loss_fn, loader = engine.make_private(criterion=nn.CrossEntropyLoss(), **common)
+        module, opt, loss_fn, loader = engine.make_private(criterion=nn.CrossEntropyLoss(label_smoothing=head.cfg.label_smoothing), **common)
     else:
         module, opt, loader = engine.make_private(**common)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=head.cfg.label_smoothing)
     module.train()
     last = float("nan")
     steps = 0

@@ -35,11 +35,20 @@ def add_sums(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.sum([p[k] for p in parts], axis=0) for k in ("n", "sum", "sumsq")}
 
 
-def sums_to_mean_std(sums: dict[str, np.ndarray], eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def sums_to_mean_std(sums: dict[str, np.ndarray], rel_floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std from summed statistics.
+
+    A feature's variance is floored at ``rel_floor`` times the median positive variance of its backbone (so a
+    constant feature does not divide by zero), never at an absolute epsilon: random-weight Xception features vary
+    by about 1e-4, so an absolute 1e-6 added to their variance of 1e-8 shrank that whole branch tenfold beside
+    InceptionV3's unit-scale inputs, and the fused head learnt mostly from the weaker backbone (bench/ablation.py).
+    """
     n = float(sums["n"][0])
     mean = sums["sum"] / n
     var = np.maximum(sums["sumsq"] / n - mean**2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var + eps).astype(np.float32)
+    positive = var[var > 0]
+    floor = rel_floor * float(np.median(positive)) if positive.size else 1.0
+    return mean.astype(np.float32), np.sqrt(np.maximum(var, floor)).astype(np.float32)
 
 
 class Standardize(nn.Module):
@@ -102,6 +111,10 @@ class FusedHead(nn.Module):
     def forward(self, feats: list[torch.Tensor], standardised: bool = False) -> torch.Tensor:
         return self.classifier(self.embed(feats, standardised))
 
+    def branch_activations(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Each branch's 64-wide hidden activations side by side: (B, 64 * n_branches), before the K-wide layers."""
+        return torch.cat([branch[:2](self.drop(z)) for branch, z in zip(self.branches, self.standardise(feats))], dim=1)
+
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style L2 (0.01 * sum w^2) on the linear K-wide layers, as in Algorithm 1."""
         layers = [b[-1] for b in self.branches] + [self.classifier]
@@ -137,6 +150,9 @@ class HeadEnsemble(nn.Module):
 
     def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([m.embed(feats) for m in self.members], dim=1)
+
+    def branch_activations(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([m.branch_activations(feats) for m in self.members], dim=1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         logp = torch.stack([torch.log_softmax(m(feats), dim=1) for m in self.members])  # (members, B, K)

@@ -9,7 +9,7 @@ import numpy as np
 from xincept.common.classifiers import fit_xgb, xgb_predict_proba
 from xincept.common.config import RunConfig
 from xincept.common.head import FusedHead
-from xincept.common.train_head import TrainHistory, embed_features, fit_head, predict_logits, softmax
+from xincept.common.train_head import TrainHistory, fit_head, predict_logits, softmax, xgb_inputs
 
 
 @dataclass
@@ -21,9 +21,7 @@ class XinceptModel:
     history: TrainHistory = field(default_factory=TrainHistory)
 
     def xgb_inputs(self, feats: list[np.ndarray]) -> np.ndarray:
-        if self.xgb_features == "fused":
-            return np.concatenate(feats, axis=1)
-        return embed_features(self.head, feats)
+        return xgb_inputs(self.head, feats, self.xgb_features)
 
     def predict_proba(self, feats: list[np.ndarray]) -> np.ndarray:
         """The model's class probabilities (N, K): XGBoost's, or the head's softmax where no booster was trained."""

@@ -1,4 +1,4 @@
-"""Train the fused head on cached features: Adam, Algorithm-1 L2, early stopping on validation loss."""
+"""Train the fused head on cached features: Adam, optional Algorithm-1 L2 and early stopping, label smoothing."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def train_epochs(head: FusedHead, feats: list[np.ndarray], y: np.ndarray, epochs
     anchor = [p.detach().clone() for p in head.parameters()] if prox_mu > 0 else None
     xs, yt = to_tensors(feats), torch.as_tensor(y, dtype=torch.long)
     opt = optimizer or torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(seed)
     head.train()
     last = float("nan")
@@ -77,7 +77,7 @@ def gradient_step(head: FusedHead, feats: list[np.ndarray] | list[torch.Tensor],
     xs, yt = (feats if standardised else to_tensors(feats)), torch.as_tensor(y, dtype=torch.long)
     torch.manual_seed(seed)  # the dropout mask
     head.train()
-    loss = nn.functional.cross_entropy(head(xs, standardised=standardised), yt)
+    loss = nn.functional.cross_entropy(head(xs, standardised=standardised), yt, label_smoothing=head.cfg.label_smoothing)
     head.zero_grad()
     (loss + head.l2_penalty()).backward()
     with torch.no_grad():
@@ -102,6 +102,26 @@ def embed_features(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) 
     return torch.cat([head.embed([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
 
 
+XGB_INPUTS = ("embedding", "branches", "logits", "fused")  # what XGBoost may be trained on (XGBConfig.features)
+
+
+@torch.no_grad()
+def xgb_inputs(head: FusedHead, feats: list[np.ndarray], kind: str = "embedding", batch: int = 4096) -> np.ndarray:
+    """XGBoost's input for pooled features: the 64-wide fusion embedding (``embedding``), the branches' 64-wide
+    activations side by side (``branches``), the head's logits (``logits``) or the raw pooled features (``fused``)."""
+    if kind == "fused":
+        return np.concatenate(feats, axis=1)
+    if kind == "embedding":
+        return embed_features(head, feats, batch)
+    if kind == "logits":
+        return predict_logits(head, feats, batch)
+    if kind != "branches":
+        raise ValueError(f"XGBoost input {kind!r}: choose one of {XGB_INPUTS}")
+    head.eval()
+    xs = to_tensors(feats)
+    return torch.cat([head.branch_activations([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
@@ -110,11 +130,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_head(train_feats: list[np.ndarray], y_train: np.ndarray, val_feats: list[np.ndarray], y_val: np.ndarray,
              num_classes: int, cfg: HeadConfig) -> tuple[FusedHead, TrainHistory]:
-    """Train a new head with early stopping; the best epoch's weights are kept.
+    """Train a new head for ``cfg.max_epochs`` epochs; validation is scored after every epoch.
 
-    The best epoch has the highest validation accuracy, ties broken by lower validation loss: on grouped
-    splits the validation loss of this small head keeps rising (over-confidence) long after accuracy
-    peaks, so selecting on loss alone stops within the first few epochs.
+    ``cfg.patience`` 0 (the default recipe): the last epoch's weights are kept. Otherwise early stopping: the best
+    epoch has the highest validation accuracy, ties broken by lower validation loss (on grouped splits the
+    validation loss of this small head keeps rising, over-confidence, long after accuracy peaks, so selecting on
+    loss alone stops within the first few epochs), and training stops after ``patience`` epochs without a better one.
     """
     head = new_head(train_feats, num_classes, cfg)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -124,18 +145,25 @@ def fit_head(train_feats: list[np.ndarray], y_train: np.ndarray, val_feats: list
     yv = torch.as_tensor(y_val, dtype=torch.long)
     for epoch in range(cfg.max_epochs):
         hist.train_loss.append(train_epochs(head, train_feats, y_train, 1, cfg, seed=cfg.seed * 100003 + epoch, optimizer=opt))
+        if not len(yv):
+            continue
         logits = torch.as_tensor(predict_logits(head, val_feats))
         val_loss = float(nn.functional.cross_entropy(logits, yv))
         val_acc = float((logits.argmax(1) == yv).float().mean())
         hist.val_loss.append(val_loss)
         hist.val_accuracy.append(val_acc)
+        if cfg.patience == 0:
+            continue
         if (val_acc, -val_loss) > best:
             best, best_state, bad, hist.best_epoch = (val_acc, -val_loss), head.trainable_state(), 0, epoch
         else:
             bad += 1
             if bad >= cfg.patience:
                 break
-    head.load_state_dict(best_state)
+    if cfg.patience == 0 or not len(yv):
+        hist.best_epoch = len(hist.train_loss) - 1  # the last epoch is the model
+    else:
+        head.load_state_dict(best_state)
     head.eval()
-    log.debug("head: best epoch %d of %d, val accuracy %.4f", hist.best_epoch + 1, len(hist.val_loss), best[0])
+    log.debug("head: kept epoch %d of %d", hist.best_epoch + 1, len(hist.train_loss))
     return head, hist

@@ -34,10 +34,15 @@ def centralized(
     group_block: GroupBlockOpt = 25,
     augment_views: Annotated[int, typer.Option("--augment-views", help="Augmented views per training image (thesis Table 3.2), cached like originals.")] = 0,
     activation: Annotated[str, typer.Option("--activation", help="Head activation: relu or gelu.")] = "relu",
-    xgb_features: Annotated[str, typer.Option("--xgb-features", help="XGBoost inputs: embedding (64-wide) or fused (raw pooled features).")] = "embedding",
-    select_classifier: Annotated[str, typer.Option("--select-classifier", help="best-val: per fold (and for the final model) "
-                                                   "XGBoost or the head's softmax, whichever is more accurate on validation images; "
-                                                   "xgboost: always XGBoost (the thesis).")] = "best-val",
+    xgb_features: Annotated[str, typer.Option("--xgb-features", help="XGBoost inputs: branches (each backbone branch's 64-wide "
+                                              "activations, default), embedding (the 64-wide fusion layer), logits, or fused "
+                                              "(raw pooled features).")] = "branches",
+    select_classifier: Annotated[str, typer.Option("--select-classifier", help="xgboost: always XGBoost (the thesis; default); "
+                                                   "best-val: per fold (and for the final model) XGBoost or the head's softmax, "
+                                                   "whichever is more accurate on validation images.")] = "xgboost",
+    head_recipe: Annotated[str, typer.Option("--head-recipe", help="default: the project's head training recipe (README); "
+                                             "algorithm1: the thesis' (Keras L2 0.01, input dropout 0.5, batch 64, early "
+                                             "stopping).")] = "default",
     compare: Annotated[bool, typer.Option("--compare", help="Also evaluate SVM, KNN, AdaBoost, logistic regression and random forest on the same folds.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedding batch.")] = 32,
     device: DeviceOpt = "auto",
@@ -46,14 +51,15 @@ def centralized(
 ) -> None:
     """Train and cross-validate on pooled data; write OUT/model, OUT/metrics.json and OUT/report.md."""
     setup_logging(verbose)
-    from xincept.common.config import AugmentConfig, BackboneConfig, HeadConfig, RunConfig, SplitConfig, XGBConfig, default_cache_dir
+    from xincept.common.config import (AugmentConfig, BackboneConfig, HeadConfig, RunConfig, SplitConfig, XGBConfig,
+                                       default_cache_dir, head_recipe_changes)
     from xincept.server.centralized import run_centralized
 
     cfg = RunConfig(
         backbone=BackboneConfig(names=tuple(split_names(backbones) or THESIS_BACKBONES), input_size=input_size,
                                 pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device,
                                 precision=precision),
-        head=HeadConfig(activation=activation, seed=seed),
+        head=HeadConfig(activation=activation, seed=seed, **head_recipe_changes(head_recipe)),
         xgb=XGBConfig(features=xgb_features, seed=seed, select=select_classifier),
         split=SplitConfig(folds=folds, seed=seed, group_block=group_block),
         augment=AugmentConfig(views=augment_views, seed=seed),

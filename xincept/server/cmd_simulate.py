@@ -11,12 +11,12 @@ from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputS
                                 VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging)
 from xincept.common.config import THESIS_BACKBONES
 
-RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head (0: 150 for fedsgd, 20 for the others).")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head (0: 10 for the local-epoch rules, 150 for fedsgd).")]
 EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round at each site.")]
 TestFoldOpt = Annotated[int, typer.Option("--test-fold", help="Which grouped fold (0-4 at the default 20% test split) each site "
                         "holds out for testing: runs with folds 0 to 4 make a grouped 5-fold cross-validation.")]
-StrategyOpt = Annotated[str, typer.Option("--strategy", help="auto (fedsgd; fedavg with --dp-epsilon), fedsgd (one full-batch gradient "
-                        "step per round, server Adam: matches centralized training), fedavg, fedprox, fedadam, or a robust rule: "
+StrategyOpt = Annotated[str, typer.Option("--strategy", help="auto (fedavg: 10 rounds x 3 local epochs of the centralized recipe; DP-SGD with --dp-epsilon), "
+                        "fedsgd (one full-batch gradient step per round, server Adam, 3 heads x 150 rounds), fedavg, fedprox, fedadam, or a robust rule: "
                         "trimmed-mean, krum.")]
 HeadMembersOpt = Annotated[int, typer.Option("--head-members", help="Heads trained one after another (own initialisation and dropout "
                             "masks) whose softmax is averaged and whose embeddings feed XGBoost side by side; every round still "

@@ -369,7 +369,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
     model = XinceptModel(head=head, booster=booster_from_raw(booster_raw) if booster_raw else None, classes=classes,
-                         xgb_features="embedding")
+                         xgb_features=settings.xgb_features)
     write_bundle(out / "model", model, meta)
     write_json_atomic(out / "metrics.json", metrics)
     write_reports(out, "XIncept-ALL federated training", metrics, meta)

@@ -162,10 +162,8 @@ def centralized_reference(part_dir: Path, names: list[str], classes: list[str], 
     if (fed_model / "xgb.json").is_file():  # centralized XGBoost on the federated head's own embeddings
         from xincept.common.bundle import read_bundle
         from xincept.common.classifiers import fit_xgb, xgb_predict_proba
-        from xincept.common.train_head import embed_features
-
         fed, _ = read_bundle(fed_model)
-        emb = embed_features(fed.head, feats)
+        emb = fed.xgb_inputs(feats)
         booster = fit_xgb(emb[idx["train"]], y[idx["train"]], emb[idx["val"]], y[idx["val"]], len(classes), settings.xgb_config())
         proba = xgb_predict_proba(booster, emb[idx["test"]])
         m = classification_metrics(y[idx["test"]], proba, classes)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _proc import _tree_rss_mb  # noqa: E402
+from _proc import _tree_memory_mb  # noqa: E402
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
@@ -58,21 +58,23 @@ class Sampler:
     """Peak summed RSS and peak process count of several process trees."""
 
     def __init__(self, procs: list[subprocess.Popen]) -> None:
-        self.procs, self.peak_mb, self.peak_procs, self._done = procs, 0.0, 0, threading.Event()
+        self.procs, self.peak_mb, self.peak_pss_mb, self.peak_procs, self._done = procs, 0.0, 0.0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._done.is_set():
             live = [p.pid for p in self.procs if p.poll() is None]
-            self.peak_mb = max(self.peak_mb, sum(_tree_rss_mb(pid) for pid in live))
+            mem = [_tree_memory_mb(pid) for pid in live]
+            self.peak_mb = max(self.peak_mb, sum(m[0] for m in mem))
+            self.peak_pss_mb = max(self.peak_pss_mb, sum(m[1] for m in mem))
             self.peak_procs = max(self.peak_procs, _tree_size(live))
             self._done.wait(0.5)
 
     def stop(self) -> dict:
         self._done.set()
         self._thread.join()
-        return {"peak_rss_mb": round(self.peak_mb), "peak_processes": self.peak_procs}
+        return {"peak_rss_mb": round(self.peak_mb), "peak_pss_mb": round(self.peak_pss_mb), "peak_processes": self.peak_procs}
 
 
 def deal_sites(data: Path, out: Path, per_site: int, block: int = 25) -> Path:

@@ -333,6 +333,7 @@ def test_join_starts_the_supernode_without_flowers_own_clientapp_processes() -> 
                        policy_file=Path("/state/policy.json"))
     cmd = supernode_command(opts)
     assert cmd[cmd.index("--isolation") + 1] == "process" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[1:3] == ["-m", "xincept.client.fast_supernode"]  # Flower's SuperNode, polling fast during a run
     assert 'policy-file="/state/policy.json"' in node_config(opts) and 'state-dir="/state"' in node_config(opts)
 
 

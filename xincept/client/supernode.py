@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +63,8 @@ def node_config(opts: NodeOptions) -> str:
 def supernode_command(opts: NodeOptions) -> list[str]:
     # --isolation process: Flower launches no ClientApp of its own; the site's runner (xincept.client.runner) answers
     # every task with the installed code, so a server cannot make the site run code it supplies
-    cmd = [shutil.which("flower-supernode") or "flower-supernode", "--superlink", opts.server,
+    # xincept.client.fast_supernode: Flower's SuperNode, polling quickly while a run is active (it sleeps 3 s otherwise)
+    cmd = [sys.executable, "-m", "xincept.client.fast_supernode", "--superlink", opts.server,
            "--node-config", node_config(opts), "--host", "127.0.0.1", "--port", str(opts.clientapp_port),
            "--isolation", "process"]
     if opts.insecure:

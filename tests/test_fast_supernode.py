@@ -49,3 +49,39 @@ def test_installed_flower_still_has_the_loop_the_wrapper_shortens() -> None:
 
     src = inspect.getsource(sci)
     assert sci.time is __import__("time") and "time.sleep(3)" in src and "time.sleep(0.5)" in src
+
+
+def test_pull_backoff_is_shortened_once_and_keeps_explicit_values() -> None:
+    from xincept import flower_waits
+
+    seen = []
+    module = types.SimpleNamespace(pull=lambda *a, **k: seen.append(k) or "ok")
+    assert flower_waits.shorten_pull_backoff(module, "pull")
+    assert not flower_waits.shorten_pull_backoff(module, "pull")  # already wrapped
+    assert not flower_waits.shorten_pull_backoff(module, "missing")
+    assert module.pull("x") == "ok" and seen[-1] == {"initial_backoff": 0.01, "backoff_cap": 0.25}
+    module.pull("x", initial_backoff=2.0)
+    assert seen[-1]["initial_backoff"] == 2.0
+
+
+def test_flowers_pull_functions_still_take_the_backoff_keywords() -> None:
+    """Fails when a Flower upgrade renames what xincept.flower_waits wraps (it would then wrap nothing)."""
+    import inspect
+
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.runtime import run_clientapp
+
+    for fn in (http_grid.pull_objects, start_client_internal.pull_objects, run_clientapp.pull_and_inflate_object_from_tree):
+        assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(inspect.unwrap(fn)).parameters)
+
+
+def test_a_pulled_message_marks_the_run_active() -> None:
+    import time
+
+    calls = iter([None, 7])
+    module = types.SimpleNamespace(time=time, _pull_and_store_message=lambda *a, **k: next(calls))
+    assert fs.install(module)
+    clock = module.time
+    assert module._pull_and_store_message() is None and clock.last_activity == float("-inf")
+    assert module._pull_and_store_message() == 7 and time.monotonic() - clock.last_activity < 1.0

@@ -60,7 +60,21 @@ def install(module: ModuleType | None = None) -> bool:
             return False
     if getattr(module, "time", None) is not time:
         return False
-    module.time = AdaptiveClock()  # type: ignore[attr-defined]
+    clock = AdaptiveClock()
+    module.time = clock  # type: ignore[attr-defined]
+    pull = getattr(module, "_pull_and_store_message", None)
+    if pull is not None:  # a pulled message marks the run active, even when its reply is ready at once
+
+        def pull_and_mark(*args, **kwargs):
+            run_id = pull(*args, **kwargs)
+            if run_id is not None:
+                clock.last_activity = time.monotonic()
+            return run_id
+
+        module._pull_and_store_message = pull_and_mark  # type: ignore[attr-defined]
+    from xincept.flower_waits import shorten_pull_backoff
+
+    shorten_pull_backoff(module, "pull_objects")  # the message's arrays, from the SuperLink
     return True
 
 
@@ -69,7 +83,10 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO)
         log.warning("this Flower version has no SuperNode poll loop to shorten: the SuperNode runs as shipped "
                     "(3 s between polls; rounds take longer)")
+    from flwr.common.logger import update_console_handler
     from flwr.supernode.cli import flower_supernode
+
+    update_console_handler(timestamps=True, colored=False)  # an operator reading the site's log needs the time of each step
 
     sys.argv[0] = "flower-supernode"
     sys.exit(flower_supernode())

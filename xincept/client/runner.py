@@ -67,7 +67,13 @@ class Runner:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
+        from flwr.supernode.runtime import run_clientapp
+
         from xincept.client.app import app  # the installed code: imported once, before any task arrives
+        from xincept.flower_waits import shorten_pull_backoff
+
+        # the SuperNode hands over a task before it holds the message's arrays: retry in ms, not Flower's 1 s, 2 s ...
+        shorten_pull_backoff(run_clientapp, "pull_and_inflate_object_from_tree")
 
         client = self._client(None)
         signal.signal(signal.SIGTERM, self._stop)
@@ -144,6 +150,7 @@ def main() -> None:
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API request (every 20 ms) otherwise
     if len(sys.argv) > 2:  # the parent (xincept-client join): stop when it is gone, however it ended
         from flwr.supercore.app_utils import start_parent_process_monitor
 

@@ -14,6 +14,20 @@ from xincept.common.fedconfig import FedSettings
 log = logging.getLogger(__name__)
 
 
+def _shorten_grid_waits() -> None:
+    """The ServerApp's grid pulls each reply's arrays with Flower's 1 s, 2 s ... backoff (xincept.flower_waits)."""
+    try:
+        from flwr.superlink.grid import http_grid
+    except ImportError:  # another Flower layout: its own waits apply
+        return
+    from xincept.flower_waits import shorten_pull_backoff
+
+    shorten_pull_backoff(http_grid, "pull_objects")
+
+
+_shorten_grid_waits()
+
+
 def make_server_app(settings: FedSettings | None = None, classes: list[str] | None = None,
                     errors: list[BaseException] | None = None) -> ServerApp:
     """A ServerApp; without ``settings`` they come from the run config (``flwr run`` deployments).

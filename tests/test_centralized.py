@@ -61,6 +61,7 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert set(metrics["comparison"]) >= {"xgboost", "svm", "knn", "adaboost", "logistic_regression", "random_forest"}
     for f in metrics["folds"]:  # select-classifier xgboost (default): every fold's accuracy is XGBoost's
         assert f["classifier_chosen"] == "xgboost" and f["accuracy"] == f["xgboost"]["accuracy"]
+        assert set(f["val_accuracy"]) == {"xgboost", "head_softmax"}  # both still reported beside the choice
     assert metrics["classifier_chosen"] == [f["classifier_chosen"] for f in metrics["folds"]]
 
     report = (out / "report.md").read_text()

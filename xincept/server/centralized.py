@@ -83,8 +83,10 @@ def cross_validate(site: EmbeddedSite, folds: list[Fold], cfg: RunConfig, compar
 
 
 def choose(model: XinceptModel, val_feats: list[np.ndarray], y_val: np.ndarray, cfg: RunConfig) -> tuple[str, dict[str, float]]:
-    """XGBoost, or with ``select = best-val`` whichever of XGBoost and the head's softmax is better on validation images."""
-    return validation_choice(model, val_feats, y_val) if cfg.xgb.select == "best-val" else ("xgboost", {})
+    """XGBoost, or with ``select = best-val`` whichever of XGBoost and the head's softmax is better on validation images;
+    both validation accuracies are returned either way (reported beside the choice)."""
+    chosen, val_acc = validation_choice(model, val_feats, y_val)
+    return (chosen, val_acc) if cfg.xgb.select == "best-val" else ("xgboost", val_acc)
 
 
 def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,

@@ -68,7 +68,7 @@ def install(module: ModuleType | None = None) -> bool:
         def pull_and_mark(*args, **kwargs):
             run_id = pull(*args, **kwargs)
             if run_id is not None:
-                clock.last_activity = time.monotonic()
+                clock.last_activity = clock.monotonic()
             return run_id
 
         module._pull_and_store_message = pull_and_mark  # type: ignore[attr-defined]

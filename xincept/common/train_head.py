@@ -88,38 +88,34 @@ def gradient_step(head: FusedHead, feats: list[np.ndarray] | list[torch.Tensor],
 
 
 @torch.no_grad()
-def predict_logits(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) -> np.ndarray:
+def _batched(fn, head: FusedHead, feats: list[np.ndarray], batch: int) -> np.ndarray:
+    """``fn`` (a method of the head taking one tensor per backbone) over ``feats`` in batches, in eval mode."""
     head.eval()
     xs = to_tensors(feats)
-    return torch.cat([head([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+    return torch.cat([fn([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
 
 
-@torch.no_grad()
+def predict_logits(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) -> np.ndarray:
+    return _batched(head, head, feats, batch)
+
+
 def embed_features(head: FusedHead, feats: list[np.ndarray], batch: int = 4096) -> np.ndarray:
     """Shared embeddings (N, 64) of pooled features."""
-    head.eval()
-    xs = to_tensors(feats)
-    return torch.cat([head.embed([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+    return _batched(head.embed, head, feats, batch)
 
 
 XGB_INPUTS = ("embedding", "branches", "logits", "fused")  # what XGBoost may be trained on (XGBConfig.features)
 
 
-@torch.no_grad()
 def xgb_inputs(head: FusedHead, feats: list[np.ndarray], kind: str = "embedding", batch: int = 4096) -> np.ndarray:
     """XGBoost's input for pooled features: the 64-wide fusion embedding (``embedding``), the branches' 64-wide
     activations side by side (``branches``), the head's logits (``logits``) or the raw pooled features (``fused``)."""
     if kind == "fused":
         return np.concatenate(feats, axis=1)
-    if kind == "embedding":
-        return embed_features(head, feats, batch)
-    if kind == "logits":
-        return predict_logits(head, feats, batch)
-    if kind != "branches":
+    methods = {"embedding": head.embed, "branches": head.branch_activations, "logits": head}
+    if kind not in methods:
         raise ValueError(f"XGBoost input {kind!r}: choose one of {XGB_INPUTS}")
-    head.eval()
-    xs = to_tensors(feats)
-    return torch.cat([head.branch_activations([x[i : i + batch] for x in xs]) for i in range(0, len(xs[0]), batch)]).numpy()
+    return _batched(methods[kind], head, feats, batch)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

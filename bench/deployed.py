@@ -29,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import _tree_memory_mb  # noqa: E402
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
+# the three sites share this machine's cores, as the simulation's sites do: Ray gives each simulated site a share of
+# the cores and runs it with OMP_NUM_THREADS=1, so each deployed site gets one thread too (a hospital's own
+# machine would give it all its cores)
+THREADS = 1
 
 
 def free_port() -> int:
@@ -111,7 +115,7 @@ def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str
                                  "--server", f"127.0.0.1:{port}", "--root-cert", str(out / "tls" / "ca.crt"),
                                  "--auth-key", str(out / "tls" / "nodes" / f"{s}.key"), "--tls-dir", str(out / "tls" / "sites" / s),
                                  "--cache-dir", str(cache), "--state-dir", str(out / f"state-{s}"),
-                                 "--clientapp-port", str(free_port())],
+                                 "--clientapp-port", str(free_port()), "--threads", str(THREADS)],
                                 env=env, stdout=(out / f"{s}.log").open("w"), stderr=subprocess.STDOUT) for s in SITES]
     sampler = Sampler([server, *clients])
     try:
@@ -170,7 +174,7 @@ def main() -> None:
     model = ["--no-pretrained"]
     deployed = run_deployed(sites, out, cache, cfg, model, args.rounds)
     simulated = run_simulated(sites, out, cache, cfg, model, args.rounds)
-    result = {"weights": "random (--no-pretrained)", "input_size": 224, "sites": len(SITES),
+    result = {"weights": "random (--no-pretrained)", "input_size": 224, "sites": len(SITES), "threads_per_site": THREADS,
               "images": sum(1 for _ in sites.rglob("*.*")), "rounds": args.rounds,
               "command": f"python bench/deployed.py --data ../shared/datasets/all4 --cache-dir CACHE --per-site {args.per_site} "
                          f"--rounds {args.rounds}",

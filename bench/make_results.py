@@ -260,7 +260,9 @@ def deployment_section(dep: dict | None, fvc: dict | None) -> list[str]:
         lines += [f"Command: `{dep['command']}`. {dep['sites']} sites on 127.0.0.1 (`xincept-server start` with TLS and node "
                   f"authentication, `xincept-client join` each), {dep['images']} images of all4 (whole 25-file groups dealt to "
                   f"the sites), {dep['rounds']} rounds of the default federation, beside `xincept-server simulate --partition "
-                  f"folders` on the same site folders and settings. Random weights. Protocol: {dep['protocol']}. Memory: the "
+                  f"folders` on the same site folders and settings. The sites share the machine's cores: each deployed site runs "
+                  f"with {dep.get('threads_per_site', 'all')} thread(s) (`join --threads`), as Ray runs each simulated site "
+                  f"with OMP_NUM_THREADS=1. Random weights. Protocol: {dep['protocol']}. Memory: the "
                   "summed RSS of every process tree (counts shared pages once per process) and PSS (counts them once).", "",
                   "| path | seconds per head round | embed | head rounds | xgb | validate | total (app) | wall | peak RSS | peak PSS "
                   "| processes | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

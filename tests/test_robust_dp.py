@@ -16,8 +16,9 @@ from xincept.server.robust import screen_updates
 
 
 def _reply(state: dict[str, np.ndarray]) -> SimpleNamespace:
-    """A train.head reply as the server reads it (content["arrays"])."""
-    return SimpleNamespace(content=RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.items()})}))
+    """A train.head reply as the server reads it: the head packed into one array, in the layout the server sent."""
+    vec = np.concatenate([np.asarray(v, np.float32).ravel() for v in state.values()])
+    return SimpleNamespace(content=RecordDict({"arrays": ArrayRecord({"head": Array(vec)})}))
 
 
 def test_nan_wrong_shape_and_outlying_updates_are_rejected_by_site() -> None:
@@ -27,13 +28,13 @@ def test_nan_wrong_shape_and_outlying_updates_are_rejected_by_site() -> None:
     replies = {
         1: _reply(good), 2: _reply({**good, "w": good["w"] * 1.1}), 3: _reply({**good, "b": good["b"] * 0.9}),
         4: _reply({**good, "w": np.full((3, 2), np.nan, np.float32)}),
-        5: _reply({**good, "w": np.zeros((2, 3), np.float32)}),
+        5: _reply({**good, "w": np.zeros((4, 3), np.float32)}),  # a head of another size
         6: _reply({**good, "w": np.full((3, 2), 50.0, np.float32)}),
     }
     nodes = {i: f"site-{i}" for i in replies}
     accepted, rejected, norms = screen_updates(replies, nodes, glob, shapes, max_norm=0.0, max_ratio=10.0)
     assert sorted(accepted) == [1, 2, 3]
-    assert "non-finite" in rejected["site-4"] and "shape" in rejected["site-5"] and "median" in rejected["site-6"]
+    assert "non-finite" in rejected["site-4"] and "needs 8" in rejected["site-5"] and "median" in rejected["site-6"]
     _, rejected_abs, _ = screen_updates({1: replies[1], 2: replies[2]}, {1: "a", 2: "b"}, glob, shapes, max_norm=0.3)
     assert set(rejected_abs) == {"b"} and "max-update-norm" in rejected_abs["b"]
 

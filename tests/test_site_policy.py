@@ -54,9 +54,13 @@ class Site:
         flat = {**self.settings.client_flat(), "xincept-version": __version__, "code-hash": code_hash(),
                 "classes": ["Benign", "Early", "Pre", "Pro"]}
         flat.update(changes)
-        content = RecordDict({"config": ConfigRecord({k: v for k, v in flat.items() if v is not None})})
-        if arrays is not None:
-            content["arrays"] = ArrayRecord(arrays)
+        config = ConfigRecord({k: v for k, v in flat.items() if v is not None})
+        if arrays is not None:  # a head travels packed, with its layout (xincept.head_message)
+            from xincept.head_message import head_content
+
+            content = head_content(arrays, config=config)
+        else:
+            content = RecordDict({"config": config})
         msg = Message(content, dst_node_id=1, message_type=kind)
         ctx = Context(run_id=self.run_id, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
         return self.app(msg, ctx)

@@ -18,6 +18,7 @@ from xincept.client.task import (LocalSite, join_info, load_local_site, local_ev
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.versions import check_pushed_app
+from xincept.head_message import head_arrays, state_from
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,15 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     @app.train("head")
     def train(msg: Message, context: Context) -> Message:
         local, facts = _local(msg, context, partition_dir)
-        state = msg.content["arrays"].to_torch_state_dict()
+        state = state_from(msg.content)
         cfg = msg.content["config"]
         content = RecordDict()
         if cfg.get("evaluate-split"):  # the received head's counts on a split first: saves the server a message per round
             content["val"] = MetricRecord(local_evaluate(local, state, str(cfg["evaluate-split"])))
         new_state, metrics = local_train(local, state, int(cfg["server-round"]), facts.ledger, member=int(cfg.get("member", 0)),
                                          lifetime_epsilon=facts.policy.lifetime_epsilon)
-        content["arrays"], content["metrics"] = ArrayRecord(new_state), MetricRecord(metrics)
+        # packed in the order the server sent: the reply mirrors the request (xincept.head_message)
+        content["arrays"], content["metrics"] = head_arrays(new_state, list(state)), MetricRecord(metrics)
         return Message(content, reply_to=msg)
 
     @app.train("xgb")
@@ -103,7 +105,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
         local, facts = _local(msg, context, partition_dir)
         cfg = msg.content["config"]
         tls = _xgb_tls_dir(cfg, context, facts)
-        raw = xgb_histogram(local, msg.content["arrays"].to_torch_state_dict(), str(cfg["xgb-address"]), int(cfg["xgb-rank"]),
+        raw = xgb_histogram(local, state_from(msg.content), str(cfg["xgb-address"]), int(cfg["xgb-rank"]),
                             int(cfg["xgb-world"]), tls)
         reply = {"num-examples": int(len(local.split["train"]))}
         content = RecordDict({"metrics": MetricRecord(reply)})
@@ -117,14 +119,14 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
         local, _ = _local(msg, context, partition_dir)
         cfg = msg.content["config"]
         global_raw = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
-        raw = xgb_bagging_round(local, msg.content["arrays"].to_torch_state_dict(), global_raw)
+        raw = xgb_bagging_round(local, state_from(msg.content), global_raw)
         return Message(RecordDict({"booster": ConfigRecord({"json": raw}),
                                    "metrics": MetricRecord({"num-examples": int(len(local.split["train"]))})}), reply_to=msg)
 
     @app.evaluate("head")
     def evaluate(msg: Message, context: Context) -> Message:
         local, _ = _local(msg, context, partition_dir)
-        state = msg.content["arrays"].to_torch_state_dict()
+        state = state_from(msg.content)
         cfg = msg.content["config"]
         split = str(cfg.get("split", "val"))
         booster = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None

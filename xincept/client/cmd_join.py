@@ -40,6 +40,7 @@ def join(
     allow_outside_paths: AllowOutsideOpt = False,
     privacy_ledger: Annotated[Path | None, typer.Option("--privacy-ledger", help="This site's privacy ledger (default STATE_DIR/privacy-ledger.json; never inside the cache).")] = None,
     audit_log: Annotated[Path | None, typer.Option("--audit-log", help="Audit log of every message this site sends (default STATE_DIR/audit.jsonl; always on).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for this site's training and scoring (default: one per core; lower it on a machine shared with other work or other sites).")] = None,
 ) -> None:
     """Check DATA like `xincept-client check`, then join the federation at SERVER as SITE (Ctrl-C leaves).
 
@@ -94,5 +95,6 @@ def join(
     code = run_supernode(NodeOptions(site=site, data=data, server=server, root_cert=root_cert, insecure=insecure, auth_key=auth_key,
                                      cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port, tls_dir=tls_dir,
                                      max_retries=max_retries, max_wait_time=max_wait_time, state_dir=state.dir,
-                                     policy_file=policy_file, audit_log=audit_log, privacy_ledger=privacy_ledger))
+                                     policy_file=policy_file, audit_log=audit_log, privacy_ledger=privacy_ledger,
+                                     threads=threads))
     raise typer.Exit(code)

@@ -25,6 +25,7 @@ from xincept.client.policy import PolicyViolation
 from xincept.client.site_facts import site_facts
 from xincept.client.site_state import SiteState
 from xincept.common.dp import BudgetSpent
+from xincept.head_message import request_layout, state_from
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ def _error(msg: Message, code: int, reason: str) -> Message:
 
 def standardisation_digest(msg: Message) -> str | None:
     """A digest of the input standardisation buffers a training head carries (None: no head)."""
-    arrays = msg.content.array_records.get("arrays")
-    if arrays is None:
+    if msg.content.array_records.get("arrays") is None:
         return None
+    state = state_from(msg.content)  # the packed head, read with the layout it came with
     digest = hashlib.sha256()
-    for key in sorted(arrays.keys()):
+    for key in sorted(state):
         if key.startswith("norms.") or ".norms." in key:
-            digest.update(key.encode() + arrays[key].numpy().tobytes())
+            digest.update(key.encode() + state[key].numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -103,6 +104,8 @@ def make_audit_mod(partition_dir: Path | None) -> Callable[[Message, Context, Ha
             problems = reply_problems(msg, reply)
             entry = describe(reply)
             entry["message_type"] = kind
+            if "arrays" in entry["records"] and "layout" in msg.content:  # the packed head's parameters, by name and shape
+                entry["records"]["arrays"]["layout"] = request_layout(msg.content)
             if problems:
                 log.error("site %s blocked its own reply to %s: %s", facts.name, kind, problems)
                 entry["blocked"] = problems

@@ -36,6 +36,7 @@ class NodeOptions:
     policy_file: Path | None = None  # the resolved site policy (JSON)
     audit_log: Path | None = None
     privacy_ledger: Path | None = None  # default: state-dir/privacy-ledger.json
+    threads: int | None = None  # CPU threads of the site's computations (default: torch's, one per core)
 
 
 def _quote(v: str) -> str:
@@ -135,8 +136,11 @@ def run_supernode(opts: NodeOptions) -> int:
     proc = None
     # lives for the whole run (torch and the site's features stay loaded); in join's process group, and it exits by itself
     # when join dies (a group kill or SIGKILL of join must not leave it behind)
+    runner_env = dict(env)
+    if opts.threads:  # torch and XGBoost read these when they start
+        runner_env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
     runner = subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}",
-                               str(os.getpid())], env=env)
+                               str(os.getpid())], env=runner_env)
     try:
         while True:
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)

@@ -10,13 +10,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from xincept.client.task import new_head_for
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
+from xincept.common.packing import layout_of, unpack
 from xincept.common.site_counts import pooled_metrics
+from xincept.head_message import head_arrays, head_content, packed_vector
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
 from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, set_round, strategy_state
@@ -71,7 +73,13 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
     best_state = None
     start = 1
     if ckpt is not None:
-        state, result.rounds, start = ckpt.head_state, ckpt.rounds, ckpt.completed_round + 1
+        # in the fresh head's order (a checkpoint file lists its tensors sorted): the packed head, and with it a FedAdam
+        # moment restored below, must line up with the order of the rounds before the interruption
+        if set(ckpt.head_state) != set(state):
+            raise XinceptError(f"the checkpoint in {ckpt_dir} holds another head than these settings build; resume with the "
+                               "settings of the interrupted run, or start a new run without --resume")
+        state = {k: ckpt.head_state[k] for k in state}
+        result.rounds, start = ckpt.rounds, ckpt.completed_round + 1
         restore_strategy_state(strategy, ckpt.strategy_state)
         best_state, result.selected_round = ckpt.best_state, int(ckpt.context.get("best_round", 0))
         result.rejected = dict(ckpt.context.get("rejected", {}))
@@ -80,6 +88,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             best_key = (b["accuracy"], -b["loss"])
         log.info("%s: resuming after round %d from %s", label, ckpt.completed_round, ckpt_dir)
     reference = {k: tuple(v.shape) for k, v in state.items()}
+    layout = layout_of(state)  # the head travels packed (xincept.head_message): one array per message, not one per tensor
     dtypes = {k: v.dtype for k, v in state.items()}
     t0 = time.perf_counter()
 
@@ -103,14 +112,14 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
 
     for r in range(start, settings.rounds + 1):
         tr = time.perf_counter()
-        arrays = ArrayRecord(state)
+        arrays = head_arrays(state)
         set_current(strategy, arrays)
         set_round(strategy, settings, r)
         # the sites first score the head they receive (the last round's result) on their validation split: one
         # message per round instead of two; the last round's head is scored after the loop
         pending_val = bool(result.rounds) and "val" not in result.rounds[-1]
         extra = {"server-round": r, "member": member, **({"evaluate-split": "val"} if pending_val else {})}
-        replies = ask(grid, nodes, "train.head", RecordDict({"arrays": arrays, "config": config(**extra)}), settings.round_timeout)
+        replies = ask(grid, nodes, "train.head", head_content(state, arrays, config=config(**extra)), settings.round_timeout)
         if pending_val:
             record_val({nodes[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
             for m in replies.values():  # Flower's strategies aggregate replies of one MetricRecord
@@ -127,7 +136,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         if agg is None:
             raise XinceptError(f"{label} round {r}: no update could be aggregated")
         # back to each tensor's own dtype: Flower's FedAdam does its arithmetic in float64 and would double the bytes
-        state = {k: v.to(dtypes[k]) for k, v in agg.to_torch_state_dict().items()}
+        state = {k: v.to(dtypes[k]) for k, v in unpack(packed_vector(agg).astype(np.float32), layout).items()}
         state.update({k: v.clone() for k, v in fixed_norms.items()})
         result.rounds.append({
             "round": r,
@@ -140,7 +149,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
                         for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
         })
         if r == settings.rounds:
-            val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(split="val")}),
+            val = ask(grid, nodes, "evaluate.head", head_content(state, config=config(split="val")),
                       settings.round_timeout)
             record_val(round_releases(val, nodes), state)
         checkpoint(r)

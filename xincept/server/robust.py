@@ -1,7 +1,6 @@
 """Screening of site updates before aggregation: a broken or hostile update is rejected, not averaged in.
 
-An update is rejected, and reported by site, when its arrays do not match the global head (names or
-shapes), when it holds NaN or infinite values, or when its distance from the global weights exceeds
+An update is rejected, and reported by site, when its packed head does not match the global head (its size), when it holds NaN or infinite values, or when its distance from the global weights exceeds
 ``max_norm`` (0 turns the absolute bound off) or ``max_ratio`` times the median distance of the round's
 updates (with three or more sites; 0 turns it off). The round goes on with the other sites.
 """
@@ -12,6 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from xincept.common.packing import layout_from_shapes
+from xincept.head_message import arrays_from
 
 
 def update_problem(arrays: dict[str, np.ndarray], global_state: dict[str, torch.Tensor],
@@ -38,11 +40,12 @@ def screen_updates(replies: dict[int, Any], nodes: dict[int, str], global_state:
                    max_ratio: float = 0.0) -> tuple[dict[int, Any], dict[str, str], dict[str, float]]:
     """(accepted replies by node id, reasons by site name for the rejected ones, update norms by site)."""
     norms, rejected = {}, {}
+    layout = layout_from_shapes(shapes)
     for node, msg in replies.items():
         try:
-            arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+            arrays = arrays_from(msg.content, layout)  # the packed head, read with the layout the server sent
             problem = update_problem(arrays, global_state, shapes, max_norm)
-        except (KeyError, TypeError, ValueError) as exc:  # a malformed reply
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed reply (PackingError: a vector of another size)
             problem = f"malformed reply ({exc})"
         if isinstance(problem, str):
             rejected[nodes[node]] = problem

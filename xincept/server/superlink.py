@@ -34,6 +34,10 @@ class LinkOptions:
     tls_dir: Path | None = None
     insecure: bool = False
     auth_keys: Path | None = None  # CSV of registered SuperNode public keys
+    # Flower's in-memory state: every object of every message passes through it, and the SQLite file cost a database
+    # round trip per object (the SuperLink was CPU-bound on it; bench/deployed.py). Nothing of it is needed to resume:
+    # the run resumes from xincept's own checkpoints, and the node keys are registered at every start.
+    database: str = ":flwr-in-memory:"
 
 
 def _toml_value(v: object) -> str:
@@ -100,7 +104,8 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
 
 def superlink_command(opts: LinkOptions, state_dir: Path) -> list[str]:
     cmd = [shutil.which("flower-superlink") or "flower-superlink", "--host", opts.host, "--port", str(opts.port),
-           "--database", str(state_dir / "superlink.db"), "--disable-runtime-dependency-installation"]
+           "--database", opts.database if opts.database else str(state_dir / "superlink.db"),
+           "--disable-runtime-dependency-installation"]
     if opts.insecure:
         cmd.append("--insecure")
     else:

@@ -13,11 +13,12 @@ import logging
 from typing import Any, Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from xincept.common.fedconfig import FedSettings
 from xincept.common.site_counts import pooled_metrics
+from xincept.head_message import head_content
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def score_at_sites(ask: Callable, grid: Grid, nodes: dict[int, str], settings: F
                    split: str = "test") -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Per-site metrics and the pooled metrics of one model, from each site's released counts."""
     extra = {"split": split, **({"booster": booster} if booster else {})}
-    replies = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": ArrayRecord(state), "config": config(**extra)}),
+    replies = ask(grid, nodes, "evaluate.head", head_content(state, config=config(**extra)),
                   settings.round_timeout)
     releases = {nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
     per_site = {s: pooled_metrics([r], classes) for s, r in sorted(releases.items())}

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord
 
 from xincept.common.fedconfig import FedSettings
 from xincept.common.xgb_federated import free_port, merge_bagging, start_tracker
+from xincept.head_message import head_arrays, head_content
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,21 @@ def tracker_tls(settings: FedSettings, names: list[str]) -> Path | None:
     return folder
 
 
-def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, arrays: ArrayRecord,
+def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, state: dict[str, torch.Tensor],
              config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes, dict[str, Any]]:
     """Bagging rounds with early stopping on the validation loss pooled over the sites (their released counts)."""
+    arrays = head_arrays(state)  # packed once, sent every round
     raw: bytes | None = None
     total = sum(n_train.values())
     best: tuple[float, int, bytes | None] = (float("inf"), 0, None)
     history = []
     for r in range(1, settings.xgb_bagging_rounds + 1):
-        content = RecordDict({"arrays": arrays, "config": config(booster=raw or b"")})
+        content = head_content(state, arrays, config=config(booster=raw or b""))
         replies = ask(grid, nodes, "train.xgb_bagging", content, settings.xgb_timeout)
         order = sorted(replies, key=lambda n: nodes[n])  # by site name: the same merge in every run
         raw = merge_bagging(raw, [bytes(replies[n].content["booster"]["json"]) for n in order],
                             [n_train[nodes[n]] / total for n in order])
-        val = ask(grid, nodes, "evaluate.head", RecordDict({"arrays": arrays, "config": config(split="val", booster=raw)}),
+        val = ask(grid, nodes, "evaluate.head", head_content(state, arrays, config=config(split="val", booster=raw)),
                   settings.xgb_timeout)
         loss = sum(float(m.content["metrics"]["loss-sum"]) for m in val.values()) / max(
             sum(int(m.content["metrics"]["n"]) for m in val.values()), 1)
@@ -67,7 +69,7 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
                   config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes | None, dict[str, Any]]:
     """Return the global booster (raw JSON) and facts about the phase."""
     t0 = time.perf_counter()
-    arrays = ArrayRecord(state)
+    arrays = head_arrays(state)
     if settings.xgb_mode == "histogram":
         tls = tracker_tls(settings, sorted(nodes.values()))
         port = free_port()
@@ -78,12 +80,12 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
             extra = {"xgb-address": address, "xgb-rank": rank, "xgb-world": len(nodes)}
             if tls is not None and not settings.xgb_tls_dir:  # simulated sites only; deployed sites bring their own
                 extra["xgb-tls-dir"] = str(tls.resolve())
-            msgs[node] = RecordDict({"arrays": arrays, "config": config(**extra)})
+            msgs[node] = head_content(state, arrays, config=config(**extra))
         replies = ask(grid, nodes, "train.xgb", msgs, settings.xgb_timeout)
         raw = next(bytes(m.content["booster"]["json"]) for m in replies.values() if "booster" in m.content)
         info = {"mode": "histogram", "tls": tls is not None, "sites": len(nodes)}
     else:
-        raw, info = _bagging(ask, grid, nodes, settings, arrays, config, n_train)
+        raw, info = _bagging(ask, grid, nodes, settings, state, config, n_train)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("xgb phase (%s): %.1f s", info["mode"], info["seconds"])
     return raw, info

@@ -72,3 +72,55 @@ def test_augment_is_deterministic_and_keeps_size() -> None:
     assert x1.size == img.size
     assert np.array_equal(np.asarray(x1), np.asarray(x2))
     assert not np.array_equal(np.asarray(x1), np.asarray(augment(img, "abc", 2, 0)))
+
+
+def test_a_fully_cached_site_is_served_without_building_the_backbones(image_dir: Path, tiny_cfg, monkeypatch) -> None:
+    """The second prepare_site reads the backbones' descriptors; a missing image or a damaged entry builds them."""
+    import xincept.common.site as site_mod
+    from xincept.common.site import prepare_site
+
+    first = prepare_site(image_dir, tiny_cfg, show_progress=False)
+    assert all(b.model is not None for b in first.backbones)
+    assert len(list((tiny_cfg.cache_dir / "backbones").glob("*.json"))) == len(tiny_cfg.backbone.names)
+
+    def no_build(cfg):
+        raise AssertionError("the backbones were built although every image is cached")
+
+    monkeypatch.setattr(site_mod, "load_backbones", no_build)
+    second = prepare_site(image_dir, tiny_cfg, show_progress=False)
+    assert all(b.model is None for b in second.backbones) and second.embeddings.computed == 0
+    assert [b.describe() for b in second.backbones] == [b.describe() for b in first.backbones]
+    assert [b.param_bytes for b in second.backbones] == [b.param_bytes for b in first.backbones] and first.backbones[0].param_bytes > 0
+    for a, b in zip(first.feats, second.feats):
+        np.testing.assert_array_equal(a, b)
+
+    monkeypatch.undo()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image_dir / "Pro" / "Pro-077.png")  # a new image: the networks are needed
+    third = prepare_site(image_dir, tiny_cfg, show_progress=False)
+    assert third.embeddings.computed == 1 and all(b.model is not None for b in third.backbones)
+
+
+def test_a_descriptor_is_keyed_by_the_weights_it_describes(tmp_path: Path, tiny_cfg) -> None:
+    """Staged weights are keyed by the file's content: replaced weights are never served from an old descriptor."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from xincept.common.backbones import remember_backbones, remembered_backbones, staged_weights_file
+
+    bbs = load_backbones(tiny_cfg.backbone)
+    remember_backbones(bbs, tiny_cfg.backbone, tiny_cfg.cache_dir)
+    assert [b.fingerprint for b in remembered_backbones(tiny_cfg.backbone, tiny_cfg.cache_dir)] == [b.fingerprint for b in bbs]
+    assert remembered_backbones(replace(tiny_cfg.backbone, input_size=96), tiny_cfg.cache_dir) is None
+
+    staged = replace(tiny_cfg.backbone, pretrained=True, weights_dir=tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    for b in bbs:
+        save_file({k: v.contiguous() for k, v in b.model.state_dict().items()}, str(staged_weights_file(tmp_path / "weights", b.name)))
+    built = load_backbones(staged)
+    remember_backbones(built, staged, tiny_cfg.cache_dir)
+    assert [b.fingerprint for b in remembered_backbones(staged, tiny_cfg.cache_dir)] == [b.fingerprint for b in built]
+    path = staged_weights_file(tmp_path / "weights", bbs[0].name)
+    state = {k: v.contiguous() + 1.0 if v.is_floating_point() else v.contiguous() for k, v in bbs[0].model.state_dict().items()}
+    save_file(state, str(path))  # other weights under the same file name
+    assert remembered_backbones(staged, tiny_cfg.cache_dir) is None

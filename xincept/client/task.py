@@ -67,7 +67,7 @@ def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tup
     local = LocalSite(name=name, site=site, split=split, settings=settings)
     # every image is embedded: a federation only needs the cached features, so the backbones (~190 MB for the
     # thesis pair) leave this long-lived process; their size is kept for the join report
-    local.backbone_bytes = int(sum(p.numel() * p.element_size() for b in site.backbones for p in b.model.parameters()))
+    local.backbone_bytes = sum(b.param_bytes for b in site.backbones)
     for b in site.backbones:
         b.model = None
     return local

@@ -38,7 +38,8 @@ class Backbone:
     fingerprint: str
     weights: str  # "imagenet (timm)", "local:<file>" or "random"
     data_config: dict[str, Any]
-    transform: Callable
+    transform: Callable | None  # None (and no model) for a backbone known from its descriptor (remembered_backbones)
+    param_bytes: int = 0
 
     @property
     def preprocess_key(self) -> str:
@@ -168,11 +169,84 @@ def load_backbone(name: str, cfg: BackboneConfig) -> Backbone:
         weights=weights,
         data_config=data_config,
         transform=transform,
+        param_bytes=int(sum(p.numel() * p.element_size() for p in model.parameters())),
     )
 
 
 def load_backbones(cfg: BackboneConfig) -> list[Backbone]:
     return [load_backbone(name, cfg) for name in cfg.names]
+
+
+# A backbone's descriptor (fingerprint, preprocessing, width), kept in the embedding cache so that a process whose
+# images are all cached (a site's long-lived runner, a simulated site, a rerun) never builds the networks: building
+# the thesis pair and importing timm cost about 370 MB per process and seconds of start-up (bench/fed_vs_central.py).
+DESCRIPTORS = "backbones"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_key(name: str, cfg: BackboneConfig) -> str | None:
+    """Everything the weights and preprocessing of ``name`` depend on, as a key (None: only building tells).
+
+    Random weights: the name (their seed), input size and the timm and torch releases; staged weights: the file's
+    sha256. timm's own downloads are not keyed (their files live in the hub's cache): those backbones are built.
+    """
+    from importlib.metadata import version
+
+    if not cfg.pretrained:
+        source = f"random|{version('timm')}|{version('torch')}"
+    else:
+        weights_dir = weights_dir_from(cfg)
+        path = staged_weights_file(weights_dir, name) if weights_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+        source = f"file|{_file_sha256(path)}"
+    return hashlib.sha256(f"{name}|{cfg.input_size}|{source}".encode()).hexdigest()[:24]
+
+
+def remember_backbones(backbones: list[Backbone], cfg: BackboneConfig, cache_root: Path) -> None:
+    """Write each built backbone's descriptor under ``cache_root/backbones`` (atomic; best effort)."""
+    from xincept.common.atomic import write_json_atomic
+
+    for b in backbones:
+        key = _source_key(b.name, cfg)
+        if key is None:
+            continue
+        try:
+            write_json_atomic(Path(cache_root) / DESCRIPTORS / f"{b.name}-{key}.json",
+                              {**b.describe(), "param_bytes": b.param_bytes})
+        except OSError as exc:  # a read-only cache still embeds; it only rebuilds the networks next time
+            log.debug("could not record the descriptor of %s: %s", b.name, exc)
+
+
+def remembered_backbones(cfg: BackboneConfig, cache_root: Path) -> list[Backbone] | None:
+    """The backbones of ``cfg`` without their networks, from descriptors written by :func:`remember_backbones`
+    for the same weights; None where one is missing or unreadable (then build them)."""
+    out = []
+    for name in cfg.names:
+        key = _source_key(name, cfg)
+        path = Path(cache_root) / DESCRIPTORS / f"{name}-{key}.json"
+        if key is None or not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text())
+            b = Backbone(name=name, model=None, num_features=int(d["num_features"]), fingerprint=str(d["fingerprint"]),  # type: ignore[arg-type]
+                         weights=str(d["weights"]), data_config=dict(d["preprocessing"]), transform=None,
+                         param_bytes=int(d.get("param_bytes", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if d.get("name") != name:
+            return None
+        if b.weights == "random":
+            log.warning("%s: %s", name, RANDOM_WEIGHTS_WARNING)
+        out.append(b)
+    return out
 
 
 def stage_weights(names: tuple[str, ...], out: Path) -> dict[str, str]:

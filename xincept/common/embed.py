@@ -53,6 +53,10 @@ class _ImageViews:
         return tuple(t(rgb) for t in self.transforms)
 
 
+class ModelsNeeded(Exception):
+    """An image is missing from the cache, and the backbones were given without their networks."""
+
+
 def embed_records(
     records: list[ImageRecord],
     backbones: list[Backbone],
@@ -64,7 +68,9 @@ def embed_records(
 ) -> Embeddings:
     """Return pooled features for every record (and ``views`` augmented views each).
 
-    Only images missing from the cache go through the backbones; duplicates are embedded once.
+    Only images missing from the cache go through the backbones; duplicates are embedded once. Backbones without
+    their networks (:func:`~xincept.common.backbones.remembered_backbones`) serve a fully cached set; where an
+    image is missing, :class:`ModelsNeeded` is raised before anything is computed.
     """
     path = choose_path(cfg)
     caches = [FeatureCache(cache_root, b.cache_key + path.cache_tag, meta={**b.describe(), "embedding_path": path.describe()}) for b in backbones]
@@ -108,6 +114,8 @@ def _compute(todo: list[tuple[Path, str, int]], backbones: list[Backbone], cache
     """Run the backbones over ``todo`` and store every result in the caches."""
     if not todo:
         return
+    if any(b.model is None for b in backbones):
+        raise ModelsNeeded(f"{len(todo)} image view(s) are not in the embedding cache")
     import torch
     from torch.utils.data import DataLoader
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xincept.common.backbones import RANDOM_WEIGHTS_WARNING, Backbone, load_backbones
+from xincept.common.backbones import (RANDOM_WEIGHTS_WARNING, Backbone, load_backbones, remember_backbones,
+                                      remembered_backbones)
 from xincept.common.config import RunConfig
 from xincept.common.data import SiteData, require_usable, scan_site
-from xincept.common.embed import Embeddings, embed_records
+from xincept.common.embed import Embeddings, ModelsNeeded, embed_records
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,20 @@ def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = Non
     """Check the data folder, load the frozen backbones and embed every image through the cache."""
     data = scan_site(Path(data_dir), classes, manifest, cfg.split.group_block, show_progress, allow_outside)
     require_usable(data)
-    backbones = load_backbones(cfg.backbone)
     t0 = time.perf_counter()
-    emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
+    # every image cached (a rerun, a site's runner, a simulated site): the backbones' descriptors are enough, and the
+    # networks are never built; otherwise build them, embed what is missing and remember their descriptors
+    backbones = remembered_backbones(cfg.backbone, cfg.cache_dir)
+    try:
+        if backbones is None:
+            raise ModelsNeeded("no descriptor of these backbones in the cache")
+        emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
+    except ModelsNeeded as why:
+        log.debug("building the backbones: %s", why)
+        backbones = load_backbones(cfg.backbone)
+        t0 = time.perf_counter()
+        emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
+        remember_backbones(backbones, cfg.backbone, cfg.cache_dir)
     seconds = time.perf_counter() - t0
     log.info("embeddings ready: %d images, %d computed now, %.1f s", len(data.records), emb.computed, seconds)
     return EmbeddedSite(data=data, backbones=backbones, embeddings=emb, embed_seconds=seconds)

@@ -152,8 +152,11 @@ def run_simulated(sites: Path, out: Path, cache: Path, cfg: Path, model: list[st
 def summary(m: dict) -> dict:
     t = m["timing_s"]
     rounds = m["communication"]["rounds"]
+    later = sorted(r["seconds"] for r in m["rounds"][1:])  # the first round also pays each site's first-message costs
     return {"accuracy": m["global"]["accuracy"], "n_test": m["global"]["n"], "rounds": rounds,
             "seconds_per_head_round": round(t["head_rounds"] / rounds, 3),
+            "first_round_s": m["rounds"][0]["seconds"],
+            "median_later_round_s": later[len(later) // 2] if later else None,
             "phases_s": {k: t[k] for k in ("embed", "head_rounds", "xgb", "validate", "total")}}
 
 
@@ -184,6 +187,8 @@ def main() -> None:
     if "error" not in deployed and "error" not in simulated:
         result["ratio_seconds_per_head_round"] = round(deployed["seconds_per_head_round"] / simulated["seconds_per_head_round"], 2)
         result["ratio_wall"] = round(deployed["wall_s"] / simulated["wall_s"], 2)
+        if deployed["median_later_round_s"] and simulated["median_later_round_s"]:
+            result["ratio_median_later_round"] = round(deployed["median_later_round_s"] / simulated["median_later_round_s"], 2)
     print(json.dumps(result, indent=1))
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)

@@ -4,7 +4,8 @@ own cached features and grouped folds (the folds of `xincept-server centralized 
 Every variant trains on each fold's training part and is scored on the held-out fold by the head's softmax; the
 grouped inner validation split is the one `centralized` uses (early stopping where a variant turns it on, XGBoost's
 early stopping). Each variant changes one thing against the defaults (or names a whole recipe). Beside the
-defaults, XGBoost on each candidate input: the 64-wide fusion embedding, the branches' 64-wide activations, the logits.
+defaults, XGBoost on each candidate input: the 64-wide fusion embedding, the branches' 64-wide activations, the logits,
+the raw pooled features; boosting from a constant or from the head's logits (base margin).
 Prints one JSON object: per variant, accuracy pooled over the folds' test images with its Wilson interval,
 the per-fold accuracies and their spread, and the epochs kept per fold.
 
@@ -51,7 +52,9 @@ VARIANTS: dict[str, dict] = {
     "Xception alone, algorithm1 recipe": {"branches": [0], "recipe": "algorithm1"},
     "InceptionV3 alone, algorithm1 recipe": {"branches": [1], "recipe": "algorithm1"},
 }
-XGB_INPUTS = ("embedding", "branches", "logits")  # XGBoost beside the defaults on each of these (--xgb-study)
+# XGBoost beside the defaults on each of these inputs; "+margin": boosting from the head's logits (base_margin, the
+# default --xgb-margin head) instead of a constant. "fused" (the raw 4,096 pooled features) is centralized-only.
+XGB_INPUTS = ("embedding", "branches", "logits", "fused", "embedding+margin", "branches+margin", "fused+margin")
 
 
 def _absolute_eps(sums: dict, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +90,9 @@ def run_variant(site, folds, cfg, changes: dict, salt_split, xgb_inputs: tuple[s
         pred = train_head.predict_logits(head, select(feats, fold.test)).argmax(1)
         accs.append(float((pred == y[fold.test]).mean()))
         for kind in xgb_inputs:
-            model = XinceptModel(head=head, booster=None, classes=site.classes, xgb_features=kind)
+            features, _, margin = kind.partition("+")
+            model = XinceptModel(head=head, booster=None, classes=site.classes, xgb_features=features,
+                                 xgb_margin="head" if margin else "none")
             booster = fit_xgb(model.xgb_inputs(select(feats, tr)), y[tr], model.xgb_inputs(select(feats, val)), y[val],
                               len(site.classes), cfg.xgb)
             proba = xgb_predict_proba(booster, model.xgb_inputs(select(feats, fold.test)))

@@ -248,7 +248,8 @@ def ablation_section(ab: dict) -> list[str]:
                   "| XGBoost input | accuracy | 95% CI | per fold (sd) | vs head softmax (points) |", "|---|---|---|---|---|"]
         for kind, x in xgb.items():
             folds = " / ".join(f"{100 * a:.1f}" for a in x["fold_accuracy"])
-            lines.append(f"| {kind} | {pct(x['accuracy'])} | {ci(x['accuracy_ci95'])} | {folds} ({100 * x['fold_sd']:.1f}) "
+            label = kind.replace("+margin", ", boosting from the head's logits (base margin)")
+            lines.append(f"| {label} | {pct(x['accuracy'])} | {ci(x['accuracy_ci95'])} | {folds} ({100 * x['fold_sd']:.1f}) "
                          f"| {100 * (x['accuracy'] - base):+.1f} |")
     return lines + [""]
 

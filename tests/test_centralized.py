@@ -46,6 +46,7 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert (out / "model" / "head.safetensors").stat().st_size > 0
     chosen = meta["classifier_selection"]["chosen"]
     assert chosen == "xgboost" and meta["classifier"]["features"] == "branches"  # the default ships XGBoost
+    assert meta["classifier"]["base_margin"] == "head-logits"  # boosting from the head's logits (--xgb-margin head)
     assert meta["classifier"]["kind"] == {"xgboost": "xgboost", "head_softmax": "head-softmax"}[chosen]
     assert (out / "model" / "xgb.json").is_file() == (chosen == "xgboost")
 

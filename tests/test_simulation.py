@@ -55,6 +55,7 @@ def test_phases_write_the_bundle_metrics_and_report(data: Path, tmp_path: Path) 
     assert metrics["head_softmax"]["global"]["n"] == g["n"]
     assert "selection" not in metrics["xgb"]  # select-classifier xgboost (default): XGBoost ships, as in the thesis
     assert meta["classifier"]["kind"] == "xgboost" and meta["classifier"]["features"] == "branches"
+    assert meta["classifier"]["base_margin"] == "head-logits"
     assert (out / "model" / "xgb.json").is_file()
     ref = metrics["centralized_reference"]["xgboost_on_federated_embeddings"]
     assert ref["n"] == g["n"] and ref["agreement_with_federated"] > 0.9

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xincept.common.classifiers import fit_xgb, xgb_predict_proba
+from xincept.common.classifiers import XGBInput, fit_xgb, xgb_predict_proba
 from xincept.common.config import XGBConfig
 from xincept.common.xgb_federated import boost_from, booster_from_raw, free_port, merge_bagging, start_tracker, train_histogram
 
@@ -29,13 +29,17 @@ def _site(args):
 
 
 @pytest.mark.integration
-def test_histogram_mode_gives_the_centralized_booster_over_mutual_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("margin", [False, True], ids=["from-constant", "from-head-logits"])
+def test_histogram_mode_gives_the_centralized_booster_over_mutual_tls(tmp_path: Path, margin: bool) -> None:
     from xincept.common.tls import make_certificates, make_site_certificates
 
     make_certificates(tmp_path, ["localhost", "127.0.0.1"])
     sites = make_site_certificates(tmp_path, ["s0", "s1", "s2"])  # one client certificate per site, no shared key
     x, y = _data()
     xv, yv = _data(seed=1, n=120)
+    if margin:  # each site boosts from its own rows' head logits; they stay at the site like the rows
+        rng = np.random.default_rng(2)
+        x, xv = XGBInput(x, rng.normal(size=(len(y), 4))), XGBInput(xv, rng.normal(size=(len(yv), 4)))
     shards = [np.arange(len(y))[r::3] for r in range(3)]
     vshards = [np.arange(len(yv))[r::3] for r in range(3)]
     port = free_port()

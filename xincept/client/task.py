@@ -24,7 +24,7 @@ from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site
 from xincept.common.splits import site_split
 from xincept.common.site_counts import site_counts
-from xincept.common.train_head import gradient_step, predict_logits, softmax, to_tensors, train_epochs, xgb_inputs
+from xincept.common.train_head import gradient_step, predict_logits, softmax, to_tensors, train_epochs, xgb_data
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,11 @@ def _dp_round(local: LocalSite, head: FusedHead, idx: np.ndarray, seed: int, ser
 
 
 def split_embeddings(local: LocalSite, state: dict[str, torch.Tensor], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """XGBoost's inputs (``xgb-features`` of the global head) and labels of one split; they stay at the site."""
+    """XGBoost's rows (``xgb-features`` of the global head, and its logits as margin with ``xgb-margin head``) and labels
+    of one split; they stay at the site."""
     idx = local.split[split]
-    return xgb_inputs(_head(local, state), select(local.site.feats, idx), local.settings.xgb_features), local.site.y[idx]
+    s = local.settings
+    return xgb_data(_head(local, state), select(local.site.feats, idx), s.xgb_features, s.xgb_margin), local.site.y[idx]
 
 
 def xgb_histogram(local: LocalSite, state: dict[str, torch.Tensor], address: str, rank: int, world: int,
@@ -228,7 +230,8 @@ def local_proba(local: LocalSite, state: dict[str, torch.Tensor], split: str, bo
         from xincept.common.classifiers import xgb_predict_proba
         from xincept.common.xgb_federated import booster_from_raw
 
-        return xgb_predict_proba(booster_from_raw(booster_raw), xgb_inputs(head, feats, local.settings.xgb_features))
+        s = local.settings
+        return xgb_predict_proba(booster_from_raw(booster_raw), xgb_data(head, feats, s.xgb_features, s.xgb_margin))
     return softmax(predict_logits(head, feats))
 
 

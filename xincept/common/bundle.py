@@ -30,6 +30,7 @@ def write_bundle(path: Path, model: XinceptModel, meta: dict[str, Any]) -> None:
         "head": {"in_dims": head.in_dims, "embedding_dim": head.embedding_dim, "config": _head_cfg(head.cfg),
                  "members": member_count(head.state_dict())},
         "classifier": ({"kind": "xgboost", "features": model.xgb_features,
+                        "base_margin": "head-logits" if model.xgb_margin == "head" else "none",
                         "best_iteration": getattr(model.booster, "best_iteration", None)}
                        if model.booster is not None else {"kind": "head-softmax", "features": "embedding"}),
     }
@@ -80,5 +81,10 @@ def read_bundle(path: Path) -> tuple[XinceptModel, dict[str, Any]]:
         best = meta["classifier"].get("best_iteration")
         if best is not None:
             booster.set_attr(best_iteration=str(best))
-    model = XinceptModel(head=head, booster=booster, classes=meta["classes"], xgb_features=meta["classifier"]["features"])
+    margin = meta["classifier"].get("base_margin", "none")  # bundles before base margins boosted from a constant
+    if margin not in ("head-logits", "none"):
+        raise BundleError(f"{Path(path) / 'model.json'}: classifier base_margin {margin!r} is not one this version reads "
+                          "(head-logits or none): use a matching xincept version")
+    model = XinceptModel(head=head, booster=booster, classes=meta["classes"], xgb_features=meta["classifier"]["features"],
+                         xgb_margin="head" if margin == "head-logits" else "none")
     return model, meta

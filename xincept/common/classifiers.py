@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 import numpy as np
 
 from xincept.common.config import XGBConfig
+
+
+@dataclass(frozen=True)
+class XGBInput:
+    """XGBoost's rows: features ``x`` (N, F) and, where XGBoost boosts from the head, its logits ``margin`` (N, K).
+
+    With a margin, XGBoost starts every row from the head's own prediction (``base_margin``) instead of a constant,
+    and its trees learn what the head gets wrong. The same margin must be given at prediction time: a booster
+    trained this way is a correction of that head, not a classifier on its own (``model.json`` says which).
+    """
+
+    x: np.ndarray
+    margin: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> "XGBInput":  # noqa: ANN001 (any numpy index)
+        return XGBInput(self.x[idx], None if self.margin is None else self.margin[idx])
+
+
+XGBRows = Union[np.ndarray, XGBInput]
+
+
+def dmatrix(rows: XGBRows, label: np.ndarray | None = None):
+    """An ``xgboost.DMatrix`` of ``rows``, with the head's logits as base margin where ``rows`` carries them."""
+    import xgboost as xgb
+
+    if isinstance(rows, XGBInput):
+        return xgb.DMatrix(rows.x, label=label, base_margin=rows.margin)
+    return xgb.DMatrix(rows, label=label)
+
+
+def xgb_description(cfg: XGBConfig) -> str:
+    """What XGBoost learns from, in words for metrics.json and reports."""
+    start = ", boosting from the head's logits" if cfg.margin == "head" else ""
+    return f"{cfg.features} features{start}"
 
 
 def xgb_params(cfg: XGBConfig, num_classes: int) -> dict[str, Any]:
@@ -27,27 +65,25 @@ def xgb_params(cfg: XGBConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
-def fit_xgb(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
+def fit_xgb(x_train: XGBRows, y_train: np.ndarray, x_val: XGBRows | None, y_val: np.ndarray | None,
             num_classes: int, cfg: XGBConfig):
     """Train a multiclass booster; early stopping on the validation set when one is given."""
     import xgboost as xgb
 
-    dtrain = xgb.DMatrix(x_train, label=y_train)
+    dtrain = dmatrix(x_train, y_train)
     evals = [(dtrain, "train")]
     kwargs: dict[str, Any] = {}
     if x_val is not None and y_val is not None and len(y_val):
-        evals.append((xgb.DMatrix(x_val, label=y_val), "val"))
+        evals.append((dmatrix(x_val, y_val), "val"))
         kwargs["early_stopping_rounds"] = cfg.early_stopping_rounds
     return xgb.train(xgb_params(cfg, num_classes), dtrain, num_boost_round=cfg.n_estimators, evals=evals,
                      verbose_eval=False, **kwargs)
 
 
-def xgb_predict_proba(booster, x: np.ndarray) -> np.ndarray:
-    import xgboost as xgb
-
+def xgb_predict_proba(booster, x: XGBRows) -> np.ndarray:
     best = getattr(booster, "best_iteration", None)
     rng = (0, best + 1) if best is not None else (0, 0)
-    return booster.predict(xgb.DMatrix(x), iteration_range=rng).reshape(len(x), -1)
+    return booster.predict(dmatrix(x), iteration_range=rng).reshape(len(x), -1)
 
 
 def sklearn_zoo(seed: int = 0) -> dict[str, Any]:

@@ -86,6 +86,9 @@ def head_recipe_changes(name: str) -> dict:
     return dict(ALGORITHM1_RECIPE) if name == "algorithm1" else {}
 
 
+XGB_MARGINS = ("head", "none")  # where XGBoost's boosting starts: the head's logits, or a constant
+
+
 @dataclass(frozen=True)
 class XGBConfig:
     """XGBoost on shared embeddings."""
@@ -98,12 +101,15 @@ class XGBConfig:
     max_bin: int = 256
     early_stopping_rounds: int = 30
     features: str = "branches"  # the branches' 64-wide activations; or embedding (64-wide fusion layer), logits, fused (raw)
+    margin: str = "head"  # head: boost from the head's logits (base_margin), trees correct the head | none: from a constant
     seed: int = 0
     select: str = "xgboost"  # xgboost: XGBoost ships (the thesis) | best-val: XGBoost or the head's softmax, the better on validation
 
     def __post_init__(self) -> None:
         if self.features not in ("embedding", "branches", "logits", "fused"):
             raise SettingError(f"xgb features={self.features!r}: choose embedding, branches, logits or fused")
+        if self.margin not in XGB_MARGINS:
+            raise SettingError(f"xgb-margin={self.margin!r}: choose head (boost from the head's logits) or none")
         if self.select not in ("best-val", "xgboost"):
             raise SettingError(f"select-classifier={self.select!r}: choose best-val or xgboost")
 

@@ -67,6 +67,7 @@ class FedSettings:
     xgb_subsample: float = 1.0
     xgb_max_bin: int = 256
     xgb_features: str = "branches"  # XGBoost's input: branches (64-wide activations of each backbone branch), embedding, logits
+    xgb_margin: str = "head"  # head: XGBoost boosts from the global head's logits (trees correct the head) | none
     xgb_early_stopping: int = 30
     xgb_bagging_rounds: int = 150  # at most; early stopping on the pooled validation loss
     xgb_timeout: float = 600.0
@@ -139,7 +140,7 @@ class FedSettings:
         keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction", "test_fold",
                 "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
                 "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout",
-                "xgb_features",
+                "xgb_features", "xgb_margin",
                 "disclosure", "min_cell_count", "disclosure_epsilon", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_trainings", "rounds")
         return {k.replace("_", "-"): getattr(self, k) for k in keep}
 
@@ -157,7 +158,7 @@ class FedSettings:
     def xgb_config(self) -> XGBConfig:
         return XGBConfig(n_estimators=self.xgb_rounds, learning_rate=self.xgb_eta, max_depth=self.xgb_max_depth,
                          subsample=self.xgb_subsample, max_bin=self.xgb_max_bin,
-                         early_stopping_rounds=self.xgb_early_stopping, features=self.xgb_features, seed=self.seed,
+                         early_stopping_rounds=self.xgb_early_stopping, features=self.xgb_features, margin=self.xgb_margin, seed=self.seed,
                          select=self.select_classifier)
 
     def run_config(self, cache_dir: Path | None = None, weights_dir: Path | None = None) -> RunConfig:

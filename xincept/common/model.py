@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xincept.common.classifiers import fit_xgb, xgb_predict_proba
+from xincept.common.classifiers import XGBInput, fit_xgb, xgb_predict_proba
 from xincept.common.config import RunConfig
 from xincept.common.head import FusedHead
-from xincept.common.train_head import TrainHistory, fit_head, predict_logits, softmax, xgb_inputs
+from xincept.common.train_head import TrainHistory, fit_head, predict_logits, softmax, xgb_data
 
 
 @dataclass
@@ -19,9 +19,10 @@ class XinceptModel:
     classes: list[str]
     xgb_features: str = "embedding"
     history: TrainHistory = field(default_factory=TrainHistory)
+    xgb_margin: str = "none"  # "head": the booster boosts from the head's logits and needs them at prediction too
 
-    def xgb_inputs(self, feats: list[np.ndarray]) -> np.ndarray:
-        return xgb_inputs(self.head, feats, self.xgb_features)
+    def xgb_inputs(self, feats: list[np.ndarray]) -> XGBInput:
+        return xgb_data(self.head, feats, self.xgb_features, self.xgb_margin)
 
     def predict_proba(self, feats: list[np.ndarray]) -> np.ndarray:
         """The model's class probabilities (N, K): XGBoost's, or the head's softmax where no booster was trained."""
@@ -67,11 +68,12 @@ def validation_choice(model: XinceptModel, val_feats: list[np.ndarray], y_val: n
 
 def fit_model(feats: list[np.ndarray], views: list[np.ndarray] | None, y: np.ndarray, train_idx: np.ndarray,
               val_idx: np.ndarray, classes: list[str], cfg: RunConfig) -> XinceptModel:
-    """Fit the head (early stopping on ``val_idx``) and XGBoost on the head's embeddings."""
+    """Fit the head (early stopping on ``val_idx``) and XGBoost on the head's representations (``cfg.xgb``)."""
     k = len(classes)
     x_tr, y_tr = with_views(feats, views, y, train_idx)
     x_val, y_val = select(feats, val_idx), y[val_idx]
     head, hist = fit_head(x_tr, y_tr, x_val, y_val, k, cfg.head)
-    model = XinceptModel(head=head, booster=None, classes=list(classes), xgb_features=cfg.xgb.features, history=hist)
+    model = XinceptModel(head=head, booster=None, classes=list(classes), xgb_features=cfg.xgb.features, history=hist,
+                         xgb_margin=cfg.xgb.margin)
     model.booster = fit_xgb(model.xgb_inputs(x_tr), y_tr, model.xgb_inputs(x_val), y_val, k, cfg.xgb)
     return model

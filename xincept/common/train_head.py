@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xincept.common.config import HeadConfig
+from xincept.common.classifiers import XGBInput
+from xincept.common.config import XGB_MARGINS, HeadConfig
 from xincept.common.head import FusedHead, feature_sums, sums_to_mean_std
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ def xgb_inputs(head: FusedHead, feats: list[np.ndarray], kind: str = "embedding"
     if kind not in methods:
         raise ValueError(f"XGBoost input {kind!r}: choose one of {XGB_INPUTS}")
     return _batched(methods[kind], head, feats, batch)
+
+
+def xgb_data(head: FusedHead, feats: list[np.ndarray], kind: str = "branches", margin: str = "none") -> XGBInput:
+    """XGBoost's rows for pooled features: :func:`xgb_inputs` of ``kind`` and, with ``margin="head"``, the head's
+    logits as the rows' base margin (XGBoost boosts from the head's prediction)."""
+    if margin not in XGB_MARGINS:
+        raise ValueError(f"XGBoost margin {margin!r}: choose head or none")
+    return XGBInput(xgb_inputs(head, feats, kind), predict_logits(head, feats) if margin == "head" else None)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

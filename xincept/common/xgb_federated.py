@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xincept.common.classifiers import xgb_params
+from xincept.common.classifiers import XGBRows, dmatrix, xgb_params
 from xincept.common.config import XGBConfig
 
 
@@ -37,7 +37,7 @@ def start_tracker(n_workers: int, port: int, tls_dir: Path | None, timeout: int)
     return federated.run_federated_server(n_workers, port, blocking=False, timeout=timeout, **kwargs) or {}
 
 
-def train_histogram(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
+def train_histogram(x_train: XGBRows, y_train: np.ndarray, x_val: XGBRows | None, y_val: np.ndarray | None,
                     address: str, rank: int, world: int, num_classes: int, cfg: XGBConfig, tls_dir: Path | None,
                     timeout: int = 300) -> bytes:
     """One site's part of histogram-mode training; every site ends with the same booster (raw JSON)."""
@@ -51,17 +51,17 @@ def train_histogram(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray 
                     federated_client_key_path=str(tls_dir / "client.key"), federated_client_cert_path=str(tls_dir / "client.pem"))
     params = {**xgb_params(cfg, num_classes), "nthread": 1}
     with collective.CommunicatorContext(**comm):
-        dtrain = xgb.DMatrix(x_train, label=y_train)
+        dtrain = dmatrix(x_train, y_train)  # a site's margins (the head's logits) stay local, like its rows
         evals = [(dtrain, "train")]
         kwargs: dict[str, Any] = {}
         if x_val is not None and y_val is not None:
-            evals.append((xgb.DMatrix(x_val, label=y_val), "val"))  # metrics are summed over sites
+            evals.append((dmatrix(x_val, y_val), "val"))  # metrics are summed over sites
             kwargs["early_stopping_rounds"] = cfg.early_stopping_rounds
         booster = xgb.train(params, dtrain, num_boost_round=cfg.n_estimators, evals=evals, verbose_eval=False, **kwargs)
     return bytes(booster.save_raw("json"))
 
 
-def boost_from(global_raw: bytes | None, x: np.ndarray, y: np.ndarray, num_classes: int, cfg: XGBConfig, rounds: int = 1) -> bytes:
+def boost_from(global_raw: bytes | None, x: XGBRows, y: np.ndarray, num_classes: int, cfg: XGBConfig, rounds: int = 1) -> bytes:
     """Bagging: ``rounds`` local boosting rounds on top of the global model (raw JSON in, raw JSON out)."""
     import xgboost as xgb
 
@@ -69,7 +69,7 @@ def boost_from(global_raw: bytes | None, x: np.ndarray, y: np.ndarray, num_class
     if global_raw:
         start = xgb.Booster()
         start.load_model(bytearray(global_raw))
-    booster = xgb.train({**xgb_params(cfg, num_classes), "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=rounds,
+    booster = xgb.train({**xgb_params(cfg, num_classes), "nthread": 1}, dmatrix(x, y), num_boost_round=rounds,
                         xgb_model=start, verbose_eval=False)
     return bytes(booster.save_raw("json"))
 

@@ -12,7 +12,7 @@ import numpy as np
 from xincept import __version__
 from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
-from xincept.common.classifiers import predict_proba_full, sklearn_zoo
+from xincept.common.classifiers import predict_proba_full, sklearn_zoo, xgb_description
 from xincept.common.config import RunConfig
 from xincept.common.metrics import bootstrap_ci, classification_metrics, prediction_curves, summarize_folds
 from xincept.common.model import XinceptModel, fit_model, select, validation_choice
@@ -72,7 +72,7 @@ def cross_validate(site: EmbeddedSite, folds: list[Fold], cfg: RunConfig, compar
                "head_softmax": classification_metrics(y[fold.test], oof_head[fold.test], classes)}
         fold_rows.append(row)
         if compare:
-            e_tr, e_te = model.xgb_inputs(select(feats, tr)), model.xgb_inputs(x_te)
+            e_tr, e_te = model.xgb_inputs(select(feats, tr)).x, model.xgb_inputs(x_te).x  # the same rows, no head margin
             for name, clf in sklearn_zoo(cfg.split.seed).items():
                 clf.fit(e_tr, y[tr])
                 oof_zoo.setdefault(name, np.zeros((len(y), k)))[fold.test] = predict_proba_full(clf, e_te, k)
@@ -107,8 +107,8 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "weights": weights_meta(site.backbones)["weights"],
-        "classifier": (f"fused head + XGBoost on {cfg.xgb.features} features" if cfg.xgb.select == "xgboost" else
-                       f"fused head, then XGBoost on {cfg.xgb.features} features or the head's softmax, per fold the one "
+        "classifier": (f"fused head + XGBoost on {xgb_description(cfg.xgb)}" if cfg.xgb.select == "xgboost" else
+                       f"fused head, then XGBoost on {xgb_description(cfg.xgb)} or the head's softmax, per fold the one "
                        f"with the better accuracy on the fold's validation images (ties: XGBoost)"),
         "classifier_chosen": [f["classifier_chosen"] for f in cv["folds"]],
         "global": glob,

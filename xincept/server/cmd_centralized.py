@@ -37,6 +37,8 @@ def centralized(
     xgb_features: Annotated[str, typer.Option("--xgb-features", help="XGBoost inputs: branches (each backbone branch's 64-wide "
                                               "activations, default), embedding (the 64-wide fusion layer), logits, or fused "
                                               "(raw pooled features).")] = "branches",
+    xgb_margin: Annotated[str, typer.Option("--xgb-margin", help="head: XGBoost boosts from the head's logits (its trees "
+                                            "correct the head; default); none: from a constant, as in the thesis.")] = "head",
     select_classifier: Annotated[str, typer.Option("--select-classifier", help="xgboost: always XGBoost (the thesis; default); "
                                                    "best-val: per fold (and for the final model) XGBoost or the head's softmax, "
                                                    "whichever is more accurate on validation images.")] = "xgboost",
@@ -60,7 +62,7 @@ def centralized(
                                 pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device,
                                 precision=precision),
         head=HeadConfig(activation=activation, seed=seed, **head_recipe_changes(head_recipe)),
-        xgb=XGBConfig(features=xgb_features, seed=seed, select=select_classifier),
+        xgb=XGBConfig(features=xgb_features, margin=xgb_margin, seed=seed, select=select_classifier),
         split=SplitConfig(folds=folds, seed=seed, group_block=group_block),
         augment=AugmentConfig(views=augment_views, seed=seed),
         cache_dir=cache_dir or default_cache_dir(),

@@ -21,6 +21,7 @@ from xincept import __version__
 from xincept.client.policy import SITE_NAME
 from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
+from xincept.common.classifiers import xgb_description
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.splits import holdout_folds
@@ -324,7 +325,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
                           else f"{settings.local_epochs} local epochs") + ", "
                        + (f"rounds {', '.join(map(str, result.member_rounds))} selected by {settings.select_round}"
                           if members > 1 else f"round {selected_round} selected by {settings.select_round})")
-                       + (f" + federated XGBoost ({xgb_info['mode']}) on its embeddings" if booster_raw else ", softmax")
+                       + (f" + federated XGBoost ({xgb_info['mode']}) on its {xgb_description(settings.xgb_config())}"
+                          if booster_raw else ", softmax")
                        + (" (chosen by pooled validation accuracy)" if "selection" in xgb_info else "")),
         "global": glob,
         "head_softmax": {"global": {k: head_glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "n")},
@@ -370,7 +372,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
     model = XinceptModel(head=head, booster=booster_from_raw(booster_raw) if booster_raw else None, classes=classes,
-                         xgb_features=settings.xgb_features)
+                         xgb_features=settings.xgb_features, xgb_margin=settings.xgb_margin)
     write_bundle(out / "model", model, meta)
     write_json_atomic(out / "metrics.json", metrics)
     write_reports(out, "XIncept-ALL federated training", metrics, meta)

@@ -231,7 +231,11 @@ def ablation_section(ab: dict) -> list[str]:
              "`xincept-server centralized`. Random weights, 224 px. Each row changes the current defaults as listed "
              "(`recipe=algorithm1`: the thesis' L2 0.01, input dropout 0.5, batch 64, early stopping; `absolute_eps`: "
              "the input standardisation before the fix). Accuracy of the head's softmax pooled over the folds' test images "
-             "(Wilson 95% interval), each fold's accuracy and their standard deviation.", "",
+             "(Wilson 95% interval), each fold's accuracy and their standard deviation. `wide_fusion`: the fusion layers "
+             "read each branch's 64-wide activations instead of its K-wide output (not Algorithm 1's structure); "
+             "`deep_supervision`: each branch's K-wide output is also trained on the labels; `members`: heads from "
+             "consecutive seeds, their softmax averaged." + (f" {ab['note'][0].upper()}{ab['note'][1:]}." if ab.get("note") else ""),
+             "",
              "| variant | changes | head softmax | 95% CI | per fold (sd) | vs defaults (points) |",
              "|---|---|---|---|---|---|"]
     for name, v in variants.items():
@@ -315,8 +319,9 @@ def main() -> None:
                   "Protocol: grouped stratified 5-fold CV (groups: runs of 25 consecutive file numbers + exact duplicates; "
                   "103 groups); metrics pooled over out-of-fold predictions; 95% intervals from a bootstrap over groups.", "",
                   "Command: `python bench/centralized.py --cache-dir CACHE`", "",
-                  "The shipped classifier is XGBoost on the head branches' 64-wide activations (`--select-classifier xgboost`, "
-                  "the default); the head's softmax beside it. Same recipe and settings for every row, only `--backbones` "
+                  "The shipped classifier is XGBoost on the head branches' 64-wide activations, boosting from the head's "
+                  "logits (`--select-classifier xgboost --xgb-features branches --xgb-margin head`, the defaults); the head's "
+                  "softmax beside it. Same recipe and settings for every row, only `--backbones` "
                   "differs. Peak memory: RSS of the process tree.", "",
                   "| backbones | accuracy (shipped classifier) | 95% CI | macro F1 | AUC | XGBoost | head softmax | chosen | wall time | peak memory |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

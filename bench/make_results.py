@@ -295,6 +295,28 @@ def deployment_section(dep: dict | None, fvc: dict | None) -> list[str]:
     return lines
 
 
+def result_dates() -> list[str]:
+    """When each result file was last written: its last commit's date, or "this regeneration" where it is uncommitted."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=RES, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = {Path(line[3:]).name for line in git("status", "--porcelain", "--", ".").splitlines()}
+    rows = []
+    for path in sorted(RES.glob("*.json")):
+        when = "this regeneration (uncommitted)" if path.name in changed else (git("log", "-1", "--format=%cs", "--", path.name) or "unknown")
+        rows.append(f"| `{path.name}` | {when} |")
+    return ["## When each result was measured", "",
+            "Rows measured before 2026-12-03 ran before XGBoost boosted from the head's logits (`xgb-margin`, now the default) "
+            "and, before 2026-12-02, on an earlier embedding cache of the same images; their accuracies can differ from a rerun by "
+            "a few tenths of a point to a point. Rerun `bash bench/run_all.sh CACHE` to bring every row to the current code.", "",
+            "| result file | last written (git) |", "|---|---|", *rows, ""]
+
+
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
     runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"), key=display_order)}
@@ -411,7 +433,12 @@ def main() -> None:
                   f"(backbones + head): {first.get('communication', {}).get('full_model_bytes', 0):,} bytes.", ""]
         timing, fusion = runs.get("iid_timing"), (central or {}).get("variants", {}).get("fusion")
         one_head = runs.get("iid_timing_1head")
-        if timing and fusion and "wall_s" in fusion and "wall_s" in timing:
+        cold = bool(fusion and fusion.get("timing_s", {}).get("images_embedded_now"))
+        if cold and timing:
+            lines += [f"The centralized benchmark embedded {fusion['timing_s']['images_embedded_now']:,} images (a cold cache), so its "
+                      "wall time is not comparable with a warm-cache federation: the back-to-back measurement "
+                      "(`bench/fed_vs_central.py`, under Deployment below) gives the ratio.", ""]
+        if timing and fusion and "wall_s" in fusion and "wall_s" in timing and not cold:
             lines += ["### Federated vs centralized wall time (same data, warm embedding cache)", "",
                       "| run | command | wall time | ratio to centralized |", "|---|---|---|---|",
                       f"| federated, 4 simulated sites ({head_strategy(timing)}) | `{portable(timing['command'])}` | {timing['wall_s']:.0f} s | "
@@ -422,8 +449,9 @@ def main() -> None:
             lines += [f"| centralized | `{portable(fusion['command'])}` | {fusion['wall_s']:.0f} s | 1 |", "",
                       "The centralized command runs grouped 5-fold CV, 5 fits plus the scikit-learn comparison and a refit on all "
                       f"images; the federation trains one model ({timing['communication']['rounds']} rounds), federated XGBoost and the "
-                      "local-only models. Each round costs about the same whatever the number of heads, so the default three heads "
-                      "take about three times the head-round time of one.", ""]
+                      "local-only models." + (" Each round costs about the same whatever the number of heads, so three heads "
+                                              "take about three times the head-round time of one." if "3 heads" in head_strategy(timing) else ""),
+                      ""]
         d = runs.get("dirichlet")
         if d and d.get("cross_site"):
             lines += ["### Cross-site validation (Dirichlet 0.5, fold 0)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
@@ -464,6 +492,7 @@ def main() -> None:
         lines += ["", "With 25-file groups, 32 sites leave some sites fewer than 5 training images, and those sites refuse to send "
                   "feature sums (disclosure control); the 32-site row with 5-file groups shows the machinery at that scale.", ""]
         lines += ["", f"![scale]({plot_scale(scale)})", ""]
+    lines += result_dates()
     (DOCS / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {DOCS / 'RESULTS.md'}", file=sys.stderr)
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,8 +142,13 @@ def run_simulated(sites: Path, out: Path, cache: Path, cfg: Path, model: list[st
                              "--no-reference", "--cache-dir", str(cache), *model],
                             env=env, stdout=(out / "sim.log").open("w"), stderr=subprocess.STDOUT)
     sampler = Sampler([proc])
-    code = proc.wait(timeout=3600)
-    usage = sampler.stop()
+    try:
+        code = proc.wait(timeout=3600)
+    finally:
+        usage = sampler.stop()
+        from xincept.common.processes import stop_tree
+
+        stop_tree(proc)  # Ray's workers too, when the benchmark is interrupted
     wall = time.perf_counter() - t0
     if code != 0:
         return {"error": f"simulate exited {code}; see {out / 'sim.log'}", "wall_s": round(wall, 1), **usage}
@@ -168,6 +174,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the finally blocks stop every server, site and Ray process
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-deployed-"))
     out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or Path(os.environ.get("XINCEPT_CACHE_DIR", Path.home() / ".cache" / "xincept"))

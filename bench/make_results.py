@@ -44,8 +44,10 @@ def classifier(r: dict) -> str:
         return "head softmax"
     chosen = r.get("classifier_chosen")
     chosen = [c for c in (chosen if isinstance(chosen, list) else [chosen]) if c]
+    first = r["fold_runs"][0] if "fold_runs" in r else r
+    margin = ", boosting from its logits" if "boosting from the head's logits" in str(first.get("classifier", "")) else ""
     if not chosen:
-        return f"{mode} XGBoost on the federated head"
+        return f"{mode} XGBoost on the federated head{margin}"
     n_xgb = sum(c == "xgboost" for c in chosen)
     return (f"{mode} XGBoost or head softmax, by validation accuracy (XGBoost in {n_xgb} of {len(chosen)})" if len(chosen) > 1
             else f"{'XGBoost (' + mode + ')' if n_xgb else 'head softmax'}, chosen by validation accuracy")
@@ -75,12 +77,14 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
         fed = cv["federated"]
         head, xgb, sel = (cv.get(f"centralized_{k}", {}) for k in ("head_softmax", "xgboost", "selected"))
         gap = cv.get("gap_points", {}).get("pooled")
-        return [r["partition"]["scheme"], head_strategy(r), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
+        comm = (r["fold_runs"][0] if "fold_runs" in r else r).get("communication", {})
+        rounds = comm.get("rounds", 0) * (comm.get("head_members") or 1)
+        return [r["partition"]["scheme"], head_strategy(r), str(rounds or "?"), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
                 f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f}",
                 f"{pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / {pct(sel.get('accuracy'))}",
                 "-" if gap is None else f"{gap:+.1f}", "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
 
-    return run_table(["run", "partition", "head strategy", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
+    return run_table(["run", "partition", "head strategy", "synchronous head rounds (per fold)", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
                       "centralized, same folds: head / XGBoost / chosen by validation",
                       "gap to centralized, same classifier rule (points)", "DP epsilon spent (max)", "wall time (5 runs)"], runs, row)
 

@@ -84,3 +84,14 @@ def test_unknown_margin_is_refused_with_the_choices() -> None:
 
     with pytest.raises(ValueError, match="margin 'x'"):
         xgb_data(FusedHead([12, 8], 4), feats, "branches", "x")
+
+
+def test_federation_settings_carry_the_margin_to_sites_and_refuse_unknown_ones() -> None:
+    from xincept.common.fedconfig import FedSettings
+
+    settings = FedSettings(xgb_margin="none")
+    assert settings.client_flat()["xgb-margin"] == "none"  # what every site receives in its run config
+    assert FedSettings.from_flat(settings.client_flat()).xgb_config().margin == "none"
+    assert FedSettings().xgb_config().margin == "head"  # the default
+    with pytest.raises(SettingError, match="xgb-margin='logits'"):  # at load time, not after the head rounds
+        FedSettings(xgb_margin="logits")

@@ -121,7 +121,7 @@ class FedSettings:
             raise SettingError(f"select-round={self.select_round!r}: choose best-val or last")
         if self.server_lr_schedule not in ("cosine", "constant"):
             raise SettingError(f"server-lr-schedule={self.server_lr_schedule!r}: choose cosine or constant")
-        self.xgb_config()  # checks select-classifier and xgb-features
+        self.xgb_config()  # checks select-classifier, xgb-features and xgb-margin
         if self.xgb_features == "fused":
             raise SettingError("xgb-features fused: federated XGBoost on the raw 4,096 pooled features would send histograms "
                                "of every one of them every tree level; choose branches, embedding or logits")

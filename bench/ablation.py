@@ -169,8 +169,8 @@ def run_variant(site, folds, cfg, changes: dict, salt_split, xgb_inputs: tuple[s
                                  xgb_margin="head" if margin else "none")
             booster = fit_xgb(model.xgb_inputs(select(feats, tr)), y[tr], model.xgb_inputs(select(feats, val)), y[val],
                               len(site.classes), cfg.xgb)
-            proba = xgb_predict_proba(booster, model.xgb_inputs(select(feats, fold.test)))
-            xgb_accs[kind].append(float((proba.argmax(1) == y[fold.test]).mean()))
+            xgb_proba = xgb_predict_proba(booster, model.xgb_inputs(select(feats, fold.test)))
+            xgb_accs[kind].append(float((xgb_proba.argmax(1) == y[fold.test]).mean()))
         ns.append(len(fold.test))
 
     def pooled(values: list[float]) -> dict:

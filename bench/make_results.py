@@ -38,13 +38,18 @@ def _eps(privacy: dict) -> float | None:
     return max((p["epsilon"] for p in flat if "epsilon" in p), default=None)
 
 
+def first_run(r: dict) -> dict:
+    """A result's run: itself for a single run, its fold 0 for a cross-validation (the folds share settings)."""
+    return r["fold_runs"][0] if "fold_runs" in r else r
+
+
 def classifier(r: dict) -> str:
     mode = r.get("xgb_mode") or r.get("xgb", {}).get("mode")
     if mode == "none":
         return "head softmax"
     chosen = r.get("classifier_chosen")
     chosen = [c for c in (chosen if isinstance(chosen, list) else [chosen]) if c]
-    first = r["fold_runs"][0] if "fold_runs" in r else r
+    first = first_run(r)
     margin = ", boosting from its logits" if "boosting from the head's logits" in str(first.get("classifier", "")) else ""
     if not chosen:
         return f"{mode} XGBoost on the federated head{margin}"
@@ -55,7 +60,7 @@ def classifier(r: dict) -> str:
 
 def head_strategy(r: dict) -> str:
     """The head rounds' rule and how many heads were trained (``head-members``; runs before it had one head)."""
-    one = r["fold_runs"][0] if "fold_runs" in r else r
+    one = first_run(r)
     found = re.match(r"ensemble of (\d+) fused heads", one.get("classifier", ""))
     heads = int(one.get("head_members") or (found.group(1) if found else 1))
     strategy = one.get("strategy") or r.get("strategy") or LEGACY
@@ -77,7 +82,7 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
         fed = cv["federated"]
         head, xgb, sel = (cv.get(f"centralized_{k}", {}) for k in ("head_softmax", "xgboost", "selected"))
         gap = cv.get("gap_points", {}).get("pooled")
-        comm = (r["fold_runs"][0] if "fold_runs" in r else r).get("communication", {})
+        comm = first_run(r).get("communication", {})
         rounds = comm.get("rounds", 0) * (comm.get("head_members") or 1)
         return [r["partition"]["scheme"], head_strategy(r), str(rounds or "?"), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
                 f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f}",
@@ -412,7 +417,7 @@ def main() -> None:
                   "| run | head strategy | embed | head rounds | rounds | per round | xgb | validate | total (in the run) | process wall time | peak memory | bytes per site per round | per run (both ways) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in runs.items():
-            one = r["fold_runs"][0] if "fold_runs" in r else r
+            one = first_run(r)
             if "timing_s" in one:
                 t, c = one["timing_s"], one["communication"]
                 strategy = head_strategy(one)
@@ -420,18 +425,18 @@ def main() -> None:
                              f"{t['xgb']:.0f} s | {t.get('validate', 0):.0f} s | {t['total']:.0f} s | {one['wall_s']:.0f} s | "
                              f"{one['peak_rss_mb'] / 1000:.1f} GB | {c['bytes_per_site_per_round']:,} | {c['bytes_per_site_per_run']:,} |")
         widened = sorted(name for name, r in runs.items()
-                         if (r["fold_runs"][0] if "fold_runs" in r else r).get("communication", {}).get("bytes_per_site_per_round", 0) > 1.2e6)
+                         if first_run(r).get("communication", {}).get("bytes_per_site_per_round", 0) > 1.2e6)
         if widened:
             lines += ["", f"Rows {', '.join(widened)} were measured before a fix in head rounds: Flower's FedAdam (inside fedsgd) "
                       "returned float64 arrays, so the head went out at twice its float32 size. Since the fix every tensor keeps its "
                       "dtype and a round sends the float32 head (tests/test_simulation.py checks bytes = 4 x parameters)."]
         slow = sorted(name for name, r in runs.items()
-                      if "3 heads" in head_strategy(r) and (r["fold_runs"][0] if "fold_runs" in r else r).get("seconds_per_round", 0) > 1.0)
+                      if "3 heads" in head_strategy(r) and first_run(r).get("seconds_per_round", 0) > 1.0)
         if slow:
             lines += ["", f"Rows {', '.join(slow)} ran before two speed-ups of the head rounds that leave every result bit-identical "
                       "(the received head's validation counts ride on the training message; the server polls for replies from 5 ms "
                       "instead of every 0.1 s), and beside another benchmark on the 2 cores: their times are not today's."]
-        first = next((r["fold_runs"][0] if "fold_runs" in r else r) for r in runs.values() if "error" not in r)
+        first = next(first_run(r) for r in runs.values() if "error" not in r)
         lines += ["", "Process wall time includes Ray start-up, partitioning and (except `iid_timing`, `--no-reference`) the centralized "
                   "reference fit; `dirichlet` also trains the four leave-one-site-out federations (validate phase). Full model "
                   f"(backbones + head): {first.get('communication', {}).get('full_model_bytes', 0):,} bytes.", ""]

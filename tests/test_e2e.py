@@ -53,18 +53,19 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                                       "--auth-keys", str(tmp_path / "tls" / "nodes"), *TINY],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     clients = []
-    intruder_log = tmp_path / "intruder.log"
+    intruder_log = tmp_path / "intruder.log"  # every join's output: tmp_path/NAME.log
     try:
         for i, name in enumerate(["hospital-0", "hospital-1", "hospital-2", "intruder"]):
             data = write_image_folder(tmp_path / f"data{i}", per_class=14, size=64, seed=i)
             key = intruder_key if name == "intruder" else tmp_path / "tls" / "nodes" / f"{name}.key"
-            sink = intruder_log.open("w") if name == "intruder" else subprocess.DEVNULL
+            sink = (tmp_path / f"{name}.log").open("w")
             clients.append(subprocess.Popen(
                 _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
                                           "--root-cert", str(tls["ca"]), "--auth-key", str(key), "--cache-dir", str(tmp_path / f"cache{i}"),
                                           "--state-dir", str(tmp_path / f"state{i}"),
                                           *([] if name == "intruder" else ["--tls-dir", str(tmp_path / "tls" / "sites" / name)]),
-                                          "--clientapp-port", str(free_port())],
+                                          "--clientapp-port", str(free_port()),
+                                          *(["--separate-runner"] if name == "hospital-2" else [])],
                 env=env, stdout=sink, stderr=subprocess.STDOUT))
         output, _ = server.communicate(timeout=600)
         assert server.returncode == 0, output[-3000:]
@@ -73,6 +74,9 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
             stop_tree(p)
     metrics = json.loads((out / "metrics.json").read_text())
     assert sorted(metrics["sites"]) == ["hospital-0", "hospital-1", "hospital-2"]  # the intruder never joined
+    # two sites answer inside their SuperNode process, one from a separate runner process: both paths train together
+    assert "answering tasks inside the SuperNode process" in (tmp_path / "hospital-0.log").read_text()
+    assert "answering tasks from a separate runner process" in (tmp_path / "hospital-2.log").read_text()
     refusal = intruder_log.read_text().lower()
     assert any(word in refusal for word in ("failed to activate supernode", "unauthenticated", "not registered", "refused")), refusal[-2000:]
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]

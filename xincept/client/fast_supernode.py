@@ -5,6 +5,10 @@ every 0.5 s. In a federation every round waits for the slowest site, and the nex
 just after the site's previous reply, so those sleeps (not the computation) set the deployed round time: about
 3-4 s per round where the simulation needs a fraction of a second (bench/deployed.py).
 
+It also decides who answers the site's tasks: the SuperNode process itself (:mod:`xincept.client.in_supernode`),
+or a separate runner process it starts (``xincept.client.runner``; ``join --separate-runner`` or an incompatible
+Flower).
+
 This wrapper runs Flower's own SuperNode entry point unchanged, with its sleeps shortened only while work is
 flowing: within ``ACTIVE_WINDOW_S`` of the last message, an empty pull waits ``ACTIVE_POLL_S`` instead of 3 s
 and the reply poll waits ``REPLY_POLL_S``. An idle site falls back to Flower's 3 s, so a site waiting for the
@@ -17,11 +21,13 @@ runs as shipped (correct, only slower) and a warning says so.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import time
 from types import ModuleType
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("xincept.client.fast_supernode")  # not __name__: run as __main__ (python -m)
 
 IDLE_PULL_S = 3.0  # Flower's sleep after an empty pull (flwr.supernode.start_client_internal)
 REPLY_WAIT_S = 0.5  # Flower's sleep while it waits for the ClientApp's reply
@@ -78,15 +84,56 @@ def install(module: ModuleType | None = None) -> bool:
     return True
 
 
+SEPARATE_RUNNER_ENV = "XINCEPT_SEPARATE_RUNNER"  # "1": answer from a separate runner process (join --separate-runner)
+
+
+def runtime_api_address(argv: list[str]) -> str:
+    """The SuperNode's Runtime API address from its own options (``--host``, ``--port``; Flower's defaults otherwise)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", default="9094")
+    known, _ = ap.parse_known_args(argv)
+    return f"{known.host}:{known.port}"
+
+
+def start_runner(address: str) -> subprocess.Popen:
+    """The separate runner (``xincept.client.runner``): answers tasks over the Runtime API and exits with this process."""
+    return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", address, str(os.getpid())])
+
+
+def _log_xincept_to_stderr() -> None:
+    """xincept's messages (the site's answers, its policy's refusals) beside Flower's own in the SuperNode's output;
+    not through the root logger, which Flower's logger also reaches (each of its lines would appear twice)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    xlog = logging.getLogger("xincept")
+    xlog.addHandler(handler)
+    xlog.setLevel(logging.INFO)
+    xlog.propagate = False
+
+
 def main() -> None:
+    _log_xincept_to_stderr()
     if not install():
-        logging.basicConfig(level=logging.INFO)
         log.warning("this Flower version has no SuperNode poll loop to shorten: the SuperNode runs as shipped "
                     "(3 s between polls; rounds take longer)")
     from flwr.common.logger import update_console_handler
     from flwr.supernode.cli import flower_supernode
 
+    from xincept.client import in_supernode
+
     update_console_handler(timestamps=True, colored=False)  # an operator reading the site's log needs the time of each step
+    if os.environ.get(SEPARATE_RUNNER_ENV) == "1":
+        log.info("site: answering tasks from a separate runner process (--separate-runner)")
+        start_runner(runtime_api_address(sys.argv[1:]))
+    elif in_supernode.install():
+        log.info("site: answering tasks inside the SuperNode process with the installed xincept code")
+    else:
+        log.warning("this Flower version's SuperNode cannot answer tasks in-process: answering from a separate runner "
+                    "process (slower per round)")
+        start_runner(runtime_api_address(sys.argv[1:]))
 
     sys.argv[0] = "flower-supernode"
     sys.exit(flower_supernode())

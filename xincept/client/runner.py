@@ -2,8 +2,10 @@
 
 Flower's default SuperNode launches a fresh ``flwr-clientapp`` process per message, which unpacks the app
 bundle (FAB) the server submitted and imports the ClientApp it names, so the server decides what code
-runs at the site. ``xincept-client join`` instead starts the SuperNode with ``--isolation process`` and
-this runner beside it. The runner takes each task from the SuperNode's local Runtime API (127.0.0.1),
+runs at the site. ``xincept-client join`` instead starts the SuperNode with ``--isolation process`` and answers
+every task with :func:`answer_task`: inside the SuperNode process (:mod:`xincept.client.in_supernode`, the
+default) or from this runner beside it (``join --separate-runner``, or where the installed Flower does not allow
+the former). The runner takes each task from the SuperNode's local Runtime API (127.0.0.1),
 reads the FAB only as data (a zip whose files and declared components are checked, never unpacked onto
 ``sys.path`` or imported) and answers with :data:`xincept.client.app.app` from the installed package.
 A FAB that holds code or names other components is refused before anything runs.
@@ -107,41 +109,52 @@ class Runner:
                                                      interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
     def _serve(self, app, token: str) -> None:
-        """One task: pull the message, check the FAB as data, answer with the installed app, push the reply."""
-        from flwr.app import Error, Message
-        from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
-
-        from xincept.client.mods import sanitise
-
+        """One task over the SuperNode's Runtime API."""
         client = self._client(token)
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
-        heartbeat.start()
-        context, status, details = None, SubStatus.FAILED, "task failed"
         try:
-            message, context, _run, fab = pull_task_input(client)
-            try:
-                check_fab(fab.content)
-                reply = app(message, context)
-                status, details = SubStatus.COMPLETED, ""
-            except FabRefused as exc:
-                log.error("site runner refuses the run: %s", exc)
-                reply = Message(Error(code=ErrorCode.LOAD_CLIENT_APP_EXCEPTION, reason=sanitise(f"site refuses the run: {exc}")),
-                                reply_to=message)
-                details = "refused: the server's app bundle"
-            except Exception as exc:  # noqa: BLE001 (the ClientApp's own mods answer errors; this is the last net)
-                log.exception("site runner: the ClientApp raised")
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                      reason=sanitise(f"{type(exc).__name__}: {exc}")), reply_to=message)
-            push_message(client, reply, context)
-        except Exception:  # noqa: BLE001 (a broken task must not stop the site)
-            log.exception("site runner: task failed")
+            answer_task(app, client)
         finally:
-            if heartbeat.is_running:
-                heartbeat.stop()
-            push_task_output(client=client, context=context, sub_status=status, details=details)
             client.close()
+
+
+def answer_task(app, client) -> None:
+    """One ClientApp task: pull the message, check the FAB as data, answer with the installed app, push the reply.
+
+    ``client`` is the SuperNode's Runtime API: an HTTP client (a separate runner process) or
+    :class:`xincept.client.in_supernode.LocalRuntime` (the same calls, made inside the SuperNode process).
+    """
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    from xincept.client.mods import sanitise
+
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context, status, details = None, SubStatus.FAILED, "task failed"
+    try:
+        message, context, _run, fab = pull_task_input(client)
+        try:
+            check_fab(fab.content)
+            reply = app(message, context)
+            status, details = SubStatus.COMPLETED, ""
+        except FabRefused as exc:
+            log.error("site refuses the run: %s", exc)
+            reply = Message(Error(code=ErrorCode.LOAD_CLIENT_APP_EXCEPTION, reason=sanitise(f"site refuses the run: {exc}")),
+                            reply_to=message)
+            details = "refused: the server's app bundle"
+        except Exception as exc:  # noqa: BLE001 (the ClientApp's own mods answer errors; this is the last net)
+            log.exception("site: the ClientApp raised")
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                  reason=sanitise(f"{type(exc).__name__}: {exc}")), reply_to=message)
+        push_message(client, reply, context)
+    except Exception:  # noqa: BLE001 (a broken task must not stop the site)
+        log.exception("site: task failed")
+    finally:
+        if heartbeat.is_running:
+            heartbeat.stop()
+        push_task_output(client=client, context=context, sub_status=status, details=details)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xincept.client.fast_supernode import SEPARATE_RUNNER_ENV
 from xincept.common.processes import stop_tree
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class NodeOptions:
     audit_log: Path | None = None
     privacy_ledger: Path | None = None  # default: state-dir/privacy-ledger.json
     threads: int | None = None  # CPU threads of the site's computations (default: torch's, one per core)
+    separate_runner: bool = False  # answer tasks from a separate runner process, not inside the SuperNode process
 
 
 def _quote(v: str) -> str:
@@ -62,8 +64,9 @@ def node_config(opts: NodeOptions) -> str:
 
 
 def supernode_command(opts: NodeOptions) -> list[str]:
-    # --isolation process: Flower launches no ClientApp of its own; the site's runner (xincept.client.runner) answers
-    # every task with the installed code, so a server cannot make the site run code it supplies
+    # --isolation process: Flower launches no ClientApp of its own; the SuperNode process answers every task with the
+    # installed code (xincept.client.in_supernode; or the separate runner, xincept.client.runner), so a server cannot
+    # make the site run code it supplies
     # xincept.client.fast_supernode: Flower's SuperNode, polling quickly while a run is active (it sleeps 3 s otherwise)
     cmd = [sys.executable, "-m", "xincept.client.fast_supernode", "--superlink", opts.server,
            "--node-config", node_config(opts), "--host", "127.0.0.1", "--port", str(opts.clientapp_port),
@@ -134,13 +137,10 @@ def run_supernode(opts: NodeOptions) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     start, delay, tries = time.monotonic(), 2.0, 0
     proc = None
-    # lives for the whole run (torch and the site's features stay loaded); in join's process group, and it exits by itself
-    # when join dies (a group kill or SIGKILL of join must not leave it behind)
-    runner_env = dict(env)
-    if opts.threads:  # torch and XGBoost read these when they start
-        runner_env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
-    runner = subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}",
-                               str(os.getpid())], env=runner_env)
+    if opts.threads:  # torch and XGBoost read these when they start (the site's work runs in the SuperNode's process tree)
+        env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
+    if opts.separate_runner:
+        env[SEPARATE_RUNNER_ENV] = "1"
     try:
         while True:
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
@@ -162,8 +162,6 @@ def run_supernode(opts: NodeOptions) -> int:
         if proc is not None:
             stop_tree(proc, timeout=15)
         return 0
-    finally:
-        stop_tree(runner, timeout=15)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 from xincept.client import fast_supernode as fs
 
 
@@ -55,13 +57,47 @@ def test_pull_backoff_is_shortened_once_and_keeps_explicit_values() -> None:
     from xincept import flower_waits
 
     seen = []
-    module = types.SimpleNamespace(pull=lambda *a, **k: seen.append(k) or "ok")
+    module = types.SimpleNamespace(pull=lambda *a, **k: seen.append((a, k)) or "ok")
     assert flower_waits.shorten_pull_backoff(module, "pull")
     assert not flower_waits.shorten_pull_backoff(module, "pull")  # already wrapped
     assert not flower_waits.shorten_pull_backoff(module, "missing")
-    assert module.pull("x") == "ok" and seen[-1] == {"initial_backoff": 0.01, "backoff_cap": 0.25}
-    module.pull("x", initial_backoff=2.0)
-    assert seen[-1]["initial_backoff"] == 2.0
+    fetch = {"a": b"1"}.__getitem__
+    assert module.pull(["a"], pull_object_fn=fetch) == "ok"
+    args, kwargs = seen[-1]
+    assert kwargs["initial_backoff"] == flower_waits.SLOW_FIRST_S and "backoff_cap" not in kwargs  # Flower's cap and tries
+    assert kwargs["pull_object_fn"]("a") == b"1" and kwargs["pull_object_fn"] is not fetch
+    module.pull("tree", fetch, "confirm", initial_backoff=2.0)  # positional pull function (the runner's inflate)
+    args, kwargs = seen[-1]
+    assert kwargs["initial_backoff"] == 2.0 and args[1]("a") == b"1" and args[2] == "confirm"
+
+
+def test_a_missing_object_is_retried_quickly_then_left_to_flowers_backoff() -> None:
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from xincept import flower_waits
+
+    fake = FakeTime()
+    arrives_at = {"soon": 0.03, "late": 60.0}
+    tries = []
+
+    def fetch(object_id: str) -> bytes:
+        tries.append((object_id, fake.now))
+        if fake.now < arrives_at[object_id]:
+            raise ObjectUnavailableError(object_id)
+        return object_id.encode()
+
+    pull = flower_waits.quick_retries(fetch, clock=fake.monotonic, sleep=fake.sleep)
+    assert pull("soon") == b"soon"  # picked up within one short wait of arriving
+    assert fake.now - arrives_at["soon"] < 0.02 and len(tries) < 8
+    start, before = fake.now, len(tries)
+    with pytest.raises(ObjectUnavailableError):  # still missing after the quick window: Flower's backoff takes over
+        pull("late")
+    assert fake.now - start <= flower_waits.QUICK_WINDOW_S and len(tries) - before <= 16
+    fake.now += 5.0  # Flower's backoff waited; its next try is one request, not another quick window
+    before = len(tries)
+    with pytest.raises(ObjectUnavailableError):
+        pull("late")
+    assert len(tries) - before == 1
 
 
 def test_flowers_pull_functions_still_take_the_backoff_keywords() -> None:
@@ -73,7 +109,7 @@ def test_flowers_pull_functions_still_take_the_backoff_keywords() -> None:
     from flwr.supernode.runtime import run_clientapp
 
     for fn in (http_grid.pull_objects, start_client_internal.pull_objects, run_clientapp.pull_and_inflate_object_from_tree):
-        assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(inspect.unwrap(fn)).parameters)
+        assert {"initial_backoff", "pull_object_fn"} <= set(inspect.signature(inspect.unwrap(fn)).parameters)
 
 
 def test_a_pulled_message_marks_the_run_active() -> None:

@@ -103,19 +103,10 @@ def start_runner(address: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", address, str(os.getpid())])
 
 
-def _log_xincept_to_stderr() -> None:
-    """xincept's messages (the site's answers, its policy's refusals) beside Flower's own in the SuperNode's output;
-    not through the root logger, which Flower's logger also reaches (each of its lines would appear twice)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    xlog = logging.getLogger("xincept")
-    xlog.addHandler(handler)
-    xlog.setLevel(logging.INFO)
-    xlog.propagate = False
-
-
 def main() -> None:
-    _log_xincept_to_stderr()
+    from xincept.common.cli import log_xincept_to_stderr
+
+    log_xincept_to_stderr()
     if not install():
         log.warning("this Flower version has no SuperNode poll loop to shorten: the SuperNode runs as shipped "
                     "(3 s between polls; rounds take longer)")

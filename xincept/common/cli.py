@@ -45,6 +45,23 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def log_xincept_to_stderr() -> None:
+    """xincept's INFO messages to stderr, in a process that Flower started (a SuperNode, a deployed ServerApp).
+
+    Only the ``xincept`` logger gets the handler, not the root logger, which Flower's logger also reaches (each of
+    its lines would appear twice). A deployed ServerApp's stderr is streamed to `xincept-server start`'s output.
+    """
+    xlog = logging.getLogger("xincept")
+    if any(getattr(h, "_xincept_stderr", False) for h in xlog.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._xincept_stderr = True  # type: ignore[attr-defined]
+    xlog.addHandler(handler)
+    xlog.setLevel(logging.INFO)
+    xlog.propagate = False
+
+
 def _err_console():
     from rich.console import Console
 

@@ -40,6 +40,10 @@ def make_server_app(settings: FedSettings | None = None, classes: list[str] | No
     def main(grid: Grid, context: Context) -> None:
         from xincept.server.federation import run_federation
 
+        if settings is None:  # deployed (flwr-serverapp): the operator follows the rounds in `xincept-server start`'s output
+            from xincept.common.cli import log_xincept_to_stderr
+
+            log_xincept_to_stderr()
         run_settings = settings or FedSettings.from_flat(dict(context.run_config))
         status = Path(run_settings.out_dir) / "status.json"
         try:

@@ -103,7 +103,8 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
 
 
 def superlink_command(opts: LinkOptions, state_dir: Path) -> list[str]:
-    cmd = [shutil.which("flower-superlink") or "flower-superlink", "--host", opts.host, "--port", str(opts.port),
+    # Flower's SuperLink, its API-specific middleware run only on its own API's requests (xincept.server.fast_superlink)
+    cmd = [sys.executable, "-m", "xincept.server.fast_superlink", "--host", opts.host, "--port", str(opts.port),
            "--database", opts.database if opts.database else str(state_dir / "superlink.db"),
            "--disable-runtime-dependency-installation"]
     if opts.insecure:

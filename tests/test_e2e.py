@@ -88,14 +88,20 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
 
 
-def test_server_gives_up_when_too_few_sites_join(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["in-superlink", "separate-serverapp"])
+def test_server_gives_up_when_too_few_sites_join(tmp_path: Path, where: str) -> None:
+    """Both ways of running the ServerApp (the SuperLink's own thread; Flower's flwr-serverapp process) report the failure."""
     port = free_port()
     out = tmp_path / "out"
     t0 = time.monotonic()
     res = subprocess.run(_cli("xincept-server") + ["start", "--out", str(out), "--insecure", "--min-sites", "2", "--join-timeout", "3",
-                                                   "--port", str(port), *TINY],
+                                                   "--port", str(port), *TINY,
+                                                   *(["--separate-serverapp"] if where == "separate-serverapp" else [])],
                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "only 0 of the required 2 site(s) joined" in res.stderr + res.stdout
+    link_log = (out / "superlink" / "superlink.log").read_text()
+    expected = "runs in Flower's own flwr-serverapp process" if where == "separate-serverapp" else "runs inside the SuperLink process"
+    assert expected in link_log
     assert time.monotonic() - t0 < 240
     assert not (out / "model").exists()

@@ -37,6 +37,7 @@ def start(
     dp_delta: DpDeltaOpt = 1e-5,
     resume: ResumeOpt = False,
     config: ConfigOpt = None,
+    separate_serverapp: Annotated[bool, typer.Option("--separate-serverapp", help="Run the ServerApp in Flower's own flwr-serverapp process (started by its SuperExec) instead of inside the SuperLink process (each round then takes more requests to the SuperLink).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start a Flower SuperLink, wait for hospital sites, train, and write OUT/model, OUT/metrics.json, OUT/report.md."""
@@ -61,7 +62,8 @@ def start(
     if input_size:
         values["input_size"] = input_size
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})
-    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys))
+    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys,
+                                                     separate_serverapp=separate_serverapp))
     g = metrics["global"]
     typer.echo(f"federated accuracy {100 * g['accuracy']:.1f}% over {g['n']} held-out images at {len(metrics['sites'])} sites; "
                f"wrote {out / 'model'}, {out / 'metrics.json'}, {out / 'report.md'}")

@@ -23,6 +23,7 @@ and a warning says so.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -88,11 +89,25 @@ def install(module: ModuleType | None = None) -> bool:
     return True
 
 
+SEPARATE_SERVERAPP_ENV = "XINCEPT_SEPARATE_SERVERAPP"  # "1": Flower's SuperExec and flwr-serverapp process per run
+
+
 def main() -> None:
+    from xincept.common.cli import log_xincept_to_stderr
+    from xincept.server import in_superlink
+
+    log_xincept_to_stderr()
     if not install():
-        logging.basicConfig(level=logging.INFO)
         log.warning("this Flower version's SuperLink middleware is not the one xincept scopes: it runs as shipped "
                     "(correct, only more CPU per request)")
+    if os.environ.get(SEPARATE_SERVERAPP_ENV) == "1":
+        log.info("the ServerApp runs in Flower's own flwr-serverapp process (--separate-serverapp)")
+    elif in_superlink.install():
+        sys.argv += ["--isolation", "process"]  # no SuperExec: the SuperLink's own thread runs the ServerApp
+        log.info("the ServerApp runs inside the SuperLink process with the installed xincept code")
+    else:
+        log.warning("this Flower version's SuperLink cannot run the ServerApp in-process: Flower's SuperExec starts a "
+                    "flwr-serverapp process per run (more requests per round)")
     from flwr.superlink.cli import flower_superlink
 
     sys.argv[0] = "flower-superlink"

@@ -38,6 +38,7 @@ class LinkOptions:
     # round trip per object (the SuperLink was CPU-bound on it; bench/deployed.py). Nothing of it is needed to resume:
     # the run resumes from xincept's own checkpoints, and the node keys are registered at every start.
     database: str = ":flwr-in-memory:"
+    separate_serverapp: bool = False  # Flower's SuperExec + a flwr-serverapp process per run, not the SuperLink's thread
 
 
 def _toml_value(v: object) -> str:
@@ -148,6 +149,10 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     settings = FedSettings.from_flat({**settings.to_flat(), "out-dir": str(out)})
     app_dir = write_app_dir(state / "app", settings)
     env = {**os.environ, "FLWR_HOME": str(state / "flwr-home"), "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    if opts.separate_serverapp:
+        from xincept.server.fast_superlink import SEPARATE_SERVERAPP_ENV
+
+        env[SEPARATE_SERVERAPP_ENV] = "1"
     write_flwr_home(state / "flwr-home", opts)
     link_log = (state / "superlink.log").open("ab")
     link = subprocess.Popen(superlink_command(opts, state), stdout=link_log, stderr=subprocess.STDOUT, env=env,

@@ -33,6 +33,26 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp / "home")}
 
 
+def _acquire_refused(port: int) -> bool:
+    """Whether the SuperNode's local Runtime API refuses an unsigned request for a task."""
+    import httpx
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    # no retry invoker: Flower's own answers a 401 by interrupting its process (as a refused SuperExec should stop)
+    client = RuntimeHttpClient.from_server_address(server_address=f"127.0.0.1:{port}", insecure=True, root_certificates=None,
+                                                   interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    try:
+        client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
+    except httpx.HTTPStatusError as exc:
+        return exc.response.status_code == 401
+    finally:
+        client.close()
+    return False
+
+
 def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_path: Path) -> None:
     from xincept.common.synthetic import write_image_folder
 
@@ -53,6 +73,7 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                                       "--auth-keys", str(tmp_path / "tls" / "nodes"), *TINY],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     clients = []
+    runtime_ports = {name: free_port() for name in ["hospital-0", "hospital-1", "hospital-2", "intruder"]}
     intruder_log = tmp_path / "intruder.log"  # every join's output: tmp_path/NAME.log
     try:
         for i, name in enumerate(["hospital-0", "hospital-1", "hospital-2", "intruder"]):
@@ -64,11 +85,14 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                           "--root-cert", str(tls["ca"]), "--auth-key", str(key), "--cache-dir", str(tmp_path / f"cache{i}"),
                                           "--state-dir", str(tmp_path / f"state{i}"),
                                           *([] if name == "intruder" else ["--tls-dir", str(tmp_path / "tls" / "sites" / name)]),
-                                          "--clientapp-port", str(free_port()),
+                                          "--clientapp-port", str(runtime_ports[name]),
                                           *(["--separate-runner"] if name == "hospital-2" else [])],
                 env=env, stdout=sink, stderr=subprocess.STDOUT))
         output, _ = server.communicate(timeout=600)
         assert server.returncode == 0, output[-3000:]
+        # another local process cannot take a task from a site's SuperNode: its Runtime API wants the site's secret
+        for name in ("hospital-0", "hospital-2"):
+            assert _acquire_refused(runtime_ports[name]), name
     finally:
         for p in [server, *clients]:
             stop_tree(p)

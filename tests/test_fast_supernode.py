@@ -121,3 +121,22 @@ def test_a_pulled_message_marks_the_run_active() -> None:
     clock = module.time
     assert module._pull_and_store_message() is None and clock.last_activity == float("-inf")
     assert module._pull_and_store_message() == 7 and time.monotonic() - clock.last_activity < 1.0
+
+
+def test_the_runtime_secret_is_private_random_and_signs_only_task_requests(tmp_path, monkeypatch) -> None:
+    import stat
+
+    from xincept.client import runner
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = fs.runtime_secret(tmp_path / "a"), fs.runtime_secret(tmp_path / "b")
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600 and len(first.read_bytes()) == 32
+    assert first.read_bytes() != second.read_bytes()
+    with pytest.raises(FileExistsError):  # never reuses (or follows) a file that is already there
+        fs.runtime_secret(tmp_path / "a")
+    monkeypatch.delenv(fs.SECRET_ENV, raising=False)
+    assert runner.acquire_signer() == []
+    monkeypatch.setenv(fs.SECRET_ENV, str(first))
+    (signer,) = runner.acquire_signer()
+    assert signer._protected_methods == frozenset({"/flwr.proto.Runtime/AcquireTask"})

@@ -20,11 +20,15 @@ runs as shipped (correct, only slower) and a warning says so.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import ModuleType
 
 log = logging.getLogger("xincept.client.fast_supernode")  # not __name__: run as __main__ (python -m)
@@ -98,9 +102,29 @@ def runtime_api_address(argv: list[str]) -> str:
     return f"{known.host}:{known.port}"
 
 
-def start_runner(address: str) -> subprocess.Popen:
+SECRET_ENV = "XINCEPT_RUNTIME_SECRET_FILE"  # the separate runner signs its task requests with this file's secret
+
+
+def runtime_secret(folder: Path) -> Path:
+    """A fresh random secret for the SuperNode's local Runtime API, in ``folder`` (mode 0600).
+
+    Flower's SuperNode answers "give me a task" (AcquireTask) on 127.0.0.1 to any local process unless it holds a
+    SuperExec secret; with one, only requests signed with it get a task (and the task token every later request
+    needs). Without it another user's process on the hospital's machine could take the server's message and
+    answer in the site's name, around the site's policy checks. The site's own answers never use the API (they
+    run inside the SuperNode, or in the runner, which gets the file through ``SECRET_ENV``).
+    """
+    path = folder / "runtime-secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+    return path
+
+
+def start_runner(address: str, secret: Path | None) -> subprocess.Popen:
     """The separate runner (``xincept.client.runner``): answers tasks over the Runtime API and exits with this process."""
-    return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", address, str(os.getpid())])
+    env = {**os.environ, **({SECRET_ENV: str(secret)} if secret else {})}
+    return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", address, str(os.getpid())], env=env)
 
 
 def main() -> None:
@@ -116,15 +140,20 @@ def main() -> None:
     from xincept.client import in_supernode
 
     update_console_handler(timestamps=True, colored=False)  # an operator reading the site's log needs the time of each step
+    private = Path(tempfile.mkdtemp(prefix="xincept-supernode-"))  # mode 0700: this user only
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    secret = runtime_secret(private) if "--superexec-auth-secret-file" not in sys.argv else None
+    if secret is not None:
+        sys.argv += ["--superexec-auth-secret-file", str(secret)]
     if os.environ.get(SEPARATE_RUNNER_ENV) == "1":
         log.info("site: answering tasks from a separate runner process (--separate-runner)")
-        start_runner(runtime_api_address(sys.argv[1:]))
+        start_runner(runtime_api_address(sys.argv[1:]), secret)
     elif in_supernode.install():
         log.info("site: answering tasks inside the SuperNode process with the installed xincept code")
     else:
         log.warning("this Flower version's SuperNode cannot answer tasks in-process: answering from a separate runner "
                     "process (slower per round)")
-        start_runner(runtime_api_address(sys.argv[1:]))
+        start_runner(runtime_api_address(sys.argv[1:]), secret)
 
     sys.argv[0] = "flower-supernode"
     sys.exit(flower_supernode())

@@ -75,6 +75,8 @@ class Runner:
         interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
         if token:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
+        else:  # AcquireTask: signed with the SuperNode's local secret (xincept.client.fast_supernode.runtime_secret)
+            interceptors += acquire_signer()
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=True, root_certificates=None,
                                                      interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
@@ -85,6 +87,22 @@ class Runner:
             answer_task(app, client)
         finally:
             client.close()
+
+
+def acquire_signer() -> list:
+    """The interceptor that signs AcquireTask with the secret named by ``XINCEPT_RUNTIME_SECRET_FILE`` (none without)."""
+    import os
+    from pathlib import Path
+
+    from xincept.client.fast_supernode import SECRET_ENV
+
+    path = os.environ.get(SECRET_ENV)
+    if not path:
+        return []
+    from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
+
+    return [SuperExecAuthHttpInterceptor(master_secret=Path(path).read_bytes(),
+                                         protected_methods=["/flwr.proto.Runtime/AcquireTask"])]
 
 
 def answer_task(app, client) -> None:

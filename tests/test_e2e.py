@@ -33,8 +33,8 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp / "home")}
 
 
-def _acquire_refused(port: int) -> bool:
-    """Whether the SuperNode's local Runtime API refuses an unsigned request for a task."""
+def _acquire_refused(port: int, root_cert: Path | None = None) -> bool:
+    """Whether a Runtime API (a SuperNode's local one, or the SuperLink's with TLS) refuses an unsigned request for a task."""
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -42,7 +42,8 @@ def _acquire_refused(port: int) -> bool:
     from flwr.supercore.runtime import RuntimeHttpClient
 
     # no retry invoker: Flower's own answers a 401 by interrupting its process (as a refused SuperExec should stop)
-    client = RuntimeHttpClient.from_server_address(server_address=f"127.0.0.1:{port}", insecure=True, root_certificates=None,
+    client = RuntimeHttpClient.from_server_address(server_address=f"127.0.0.1:{port}", insecure=root_cert is None,
+                                                   root_certificates=root_cert.read_bytes() if root_cert else None,
                                                    interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     try:
         client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
@@ -72,6 +73,10 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                                       "--rounds", "2", "--join-timeout", "180", "--port", str(port), "--config", str(cfg),
                                                       "--auth-keys", str(tmp_path / "tls" / "nodes"), *TINY],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from xincept.server.superlink import wait_port
+
+    wait_port("127.0.0.1", port, 120, server)
+    assert _acquire_refused(port, tls["ca"])  # nobody else can take the run's ServerApp task on the hospitals' port
     clients = []
     runtime_ports = {name: free_port() for name in ["hospital-0", "hospital-1", "hospital-2", "intruder"]}
     intruder_log = tmp_path / "intruder.log"  # every join's output: tmp_path/NAME.log

@@ -130,7 +130,7 @@ def test_the_runtime_secret_is_private_random_and_signs_only_task_requests(tmp_p
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first, second = fs.runtime_secret(tmp_path / "a"), fs.runtime_secret(tmp_path / "b")
+    first, second = fs.runtime_secret(tmp_path / "a"), fs.runtime_secret(tmp_path / "b")  # xincept.common.runtime_secret
     assert stat.S_IMODE(first.stat().st_mode) == 0o600 and len(first.read_bytes()) == 32
     assert first.read_bytes() != second.read_bytes()
     with pytest.raises(FileExistsError):  # never reuses (or follows) a file that is already there

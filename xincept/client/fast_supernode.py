@@ -114,11 +114,9 @@ def runtime_secret(folder: Path) -> Path:
     answer in the site's name, around the site's policy checks. The site's own answers never use the API (they
     run inside the SuperNode, or in the runner, which gets the file through ``SECRET_ENV``).
     """
-    path = folder / "runtime-secret"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
-    return path
+    from xincept.common.runtime_secret import write_runtime_secret
+
+    return write_runtime_secret(folder)
 
 
 def start_runner(address: str, secret: Path | None) -> subprocess.Popen:

@@ -22,9 +22,13 @@ and a warning says so.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -94,6 +98,7 @@ SEPARATE_SERVERAPP_ENV = "XINCEPT_SEPARATE_SERVERAPP"  # "1": Flower's SuperExec
 
 def main() -> None:
     from xincept.common.cli import log_xincept_to_stderr
+    from xincept.common.runtime_secret import write_runtime_secret
     from xincept.server import in_superlink
 
     log_xincept_to_stderr()
@@ -103,7 +108,12 @@ def main() -> None:
     if os.environ.get(SEPARATE_SERVERAPP_ENV) == "1":
         log.info("the ServerApp runs in Flower's own flwr-serverapp process (--separate-serverapp)")
     elif in_superlink.install():
-        sys.argv += ["--isolation", "process"]  # no SuperExec: the SuperLink's own thread runs the ServerApp
+        # no SuperExec: the SuperLink's own thread runs the ServerApp and takes its task from the state directly; the
+        # Runtime API's task hand-out (on the port the hospitals reach) then wants a secret nobody else holds, so no
+        # one else can take the run's task and act as its ServerApp
+        private = Path(tempfile.mkdtemp(prefix="xincept-superlink-"))
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        sys.argv += ["--isolation", "process", "--superexec-auth-secret-file", str(write_runtime_secret(private))]
         log.info("the ServerApp runs inside the SuperLink process with the installed xincept code")
     else:
         log.warning("this Flower version's SuperLink cannot run the ServerApp in-process: Flower's SuperExec starts a "

@@ -279,7 +279,8 @@ def test_key_files_are_never_readable_by_others_even_under_umask_022(tmp_path: P
                     mode = path.stat().st_mode
                 except FileNotFoundError:
                     continue
-                if stat.S_ISREG(mode) and (path.name.endswith(".key") or ".key." in path.name) and not path.name.endswith(".pub"):
+                # private keys and their temporary files (.NAME.key.RANDOM.tmp); not public keys (.NAME.key.pub.RANDOM.tmp)
+                if stat.S_ISREG(mode) and (path.name.endswith(".key") or ".key." in path.name) and ".key.pub" not in path.name:
                     seen.append((path.name, mode & 0o777))
             if finished:
                 return

@@ -142,3 +142,31 @@ def test_installed_flower_has_what_the_in_process_serverapp_calls() -> None:
     assert in_superlink.handlers_available()
     assert "from flwr.superlink.main import" in inspect.getsource(flower_superlink._run_superlink_http_api)
     assert "linkstate_factory" in inspect.getsource(superlink_main.create_app)
+
+
+def test_a_serverapp_that_cannot_load_fails_each_run_instead_of_leaving_it_pending(tmp_path: Path, runtime, monkeypatch) -> None:
+    import threading
+
+    from flwr.common.constant import SubStatus
+    from flwr.superlink.servicer.runtime import runtime_handlers as link
+
+    runtime.content = _fab(_our_files(tmp_path))
+    tasks = [types.SimpleNamespace(task_id=11, run_id=7)]
+    stop = threading.Event()
+
+    def acquire(request, state):
+        from flwr.proto.runtime_pb2 import AcquireTaskResponse  # pylint: disable=E0611
+        from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
+
+        if not tasks:
+            stop.set()
+            return AcquireTaskResponse()
+        tasks.pop()
+        return AcquireTaskResponse(task=Task(task_id=11, run_id=7), token="t")
+
+    def broken_install():
+        raise ImportError("xincept.server.app: torch is missing")
+
+    monkeypatch.setattr(link, "acquire_task", acquire)
+    in_superlink.serve(types.SimpleNamespace(state=lambda: None), stop, app=broken_install)
+    assert runtime.outputs[-1].sub_status == SubStatus.FAILED and "torch is missing" in runtime.outputs[-1].details

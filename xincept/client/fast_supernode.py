@@ -119,9 +119,9 @@ def runtime_secret(folder: Path) -> Path:
     return write_runtime_secret(folder)
 
 
-def start_runner(address: str, secret: Path | None) -> subprocess.Popen:
+def start_runner(address: str, secret: Path) -> subprocess.Popen:
     """The separate runner (``xincept.client.runner``): answers tasks over the Runtime API and exits with this process."""
-    env = {**os.environ, **({SECRET_ENV: str(secret)} if secret else {})}
+    env = {**os.environ, SECRET_ENV: str(secret)}
     return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", address, str(os.getpid())], env=env)
 
 
@@ -140,8 +140,10 @@ def main() -> None:
     update_console_handler(timestamps=True, colored=False)  # an operator reading the site's log needs the time of each step
     private = Path(tempfile.mkdtemp(prefix="xincept-supernode-"))  # mode 0700: this user only
     atexit.register(shutil.rmtree, private, ignore_errors=True)
-    secret = runtime_secret(private) if "--superexec-auth-secret-file" not in sys.argv else None
-    if secret is not None:
+    if "--superexec-auth-secret-file" in sys.argv:  # given by the operator: the runner signs with that one
+        secret = Path(sys.argv[sys.argv.index("--superexec-auth-secret-file") + 1])
+    else:
+        secret = runtime_secret(private)
         sys.argv += ["--superexec-auth-secret-file", str(secret)]
     if os.environ.get(SEPARATE_RUNNER_ENV) == "1":
         log.info("site: answering tasks from a separate runner process (--separate-runner)")

@@ -159,7 +159,10 @@ def serve(state_factory: Any, stop: threading.Event, app: Callable[[], Any] = in
     from flwr.supercore.constant import TaskType
     from flwr.superlink.servicer.runtime import runtime_handlers as link
 
-    app()  # torch and the ServerApp loaded before the first run arrives
+    try:
+        app()  # torch and the ServerApp loaded before the first run arrives
+    except Exception:  # noqa: BLE001 (each run then fails with this error, and says so, instead of waiting forever)
+        log.exception("the installed ServerApp cannot be loaded")
     state = state_factory.state()
     while not stop.is_set():
         try:

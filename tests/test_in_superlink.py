@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import types
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.bundles import our_bundle_files, zip_bundle
 from xincept.server import in_superlink
-
-
-def _fab(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buf.getvalue()
-
-
-def _our_files(tmp_path: Path) -> dict[str, str]:
-    from xincept.common.fedconfig import FedSettings
-    from xincept.server.superlink import write_app_dir
-
-    return {p.name: p.read_text() for p in write_app_dir(tmp_path / "app", FedSettings(rounds=3)).iterdir()}
 
 
 class FakeLinkRuntime:
@@ -74,7 +58,7 @@ def runtime(monkeypatch: pytest.MonkeyPatch):
 def test_the_serverapp_runs_in_process_with_the_runs_config_and_its_log_reaches_the_task_log(tmp_path: Path, runtime) -> None:
     from flwr.common.constant import SubStatus
 
-    runtime.content = _fab(_our_files(tmp_path))
+    runtime.content = zip_bundle(our_bundle_files(tmp_path, rounds=3))
     seen = {}
 
     def server_app(grid, context):
@@ -91,7 +75,7 @@ def test_the_serverapp_runs_in_process_with_the_runs_config_and_its_log_reaches_
 def test_a_bundle_with_code_is_never_run_by_the_superlink(tmp_path: Path, runtime) -> None:
     from flwr.common.constant import SubStatus
 
-    runtime.content = _fab({**_our_files(tmp_path), "evil.py": "import os"})
+    runtime.content = zip_bundle({**our_bundle_files(tmp_path, rounds=3), "evil.py": "import os"})
     ran = []
     assert not in_superlink.run_task(None, None, app=lambda: lambda grid, context: ran.append(1))
     assert not ran
@@ -102,7 +86,7 @@ def test_a_bundle_with_code_is_never_run_by_the_superlink(tmp_path: Path, runtim
 def test_a_failing_serverapp_marks_the_task_failed_and_the_superlink_goes_on(tmp_path: Path, runtime) -> None:
     from flwr.common.constant import SubStatus
 
-    runtime.content = _fab(_our_files(tmp_path))
+    runtime.content = zip_bundle(our_bundle_files(tmp_path, rounds=3))
 
     def broken(grid, context):
         raise RuntimeError("too few sites")
@@ -150,7 +134,7 @@ def test_a_serverapp_that_cannot_load_fails_each_run_instead_of_leaving_it_pendi
     from flwr.common.constant import SubStatus
     from flwr.superlink.servicer.runtime import runtime_handlers as link
 
-    runtime.content = _fab(_our_files(tmp_path))
+    runtime.content = zip_bundle(our_bundle_files(tmp_path, rounds=3))
     tasks = [types.SimpleNamespace(task_id=11, run_id=7)]
     stop = threading.Event()
 

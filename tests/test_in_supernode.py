@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import types
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.bundles import our_bundle_files, zip_bundle
 from xincept.client import in_supernode
-
-
-def _fab(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return buf.getvalue()
-
-
-def _our_fab(tmp_path: Path) -> dict[str, str]:
-    from xincept.common.fedconfig import FedSettings
-    from xincept.server.superlink import write_app_dir
-
-    return {p.name: p.read_text() for p in write_app_dir(tmp_path / "app", FedSettings()).iterdir()}
 
 
 def _echo(msg, context):
@@ -58,7 +42,7 @@ def _pull_answer_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fab_files
     msg = Message(RecordDict({"config": ConfigRecord({"x": 3})}), dst_node_id=5, message_type="query.ping")
     msg.metadata.__dict__["_message_id"] = msg.object_id
     objects = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
-    content = _fab(fab_files)
+    content = zip_bundle(fab_files)
     run = Run.create_empty(7)
     run.fab_hash = hashlib.sha256(content).hexdigest()
     delivered = iter([(msg, get_object_tree(msg))])
@@ -92,7 +76,7 @@ def _walk(tree):
 
 
 def test_a_pulled_message_is_answered_in_process_and_pushed_by_flowers_own_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reply, body, msg, state = _pull_answer_push(tmp_path, monkeypatch, _our_fab(tmp_path))
+    reply, body, msg, state = _pull_answer_push(tmp_path, monkeypatch, our_bundle_files(tmp_path))
     assert reply.metadata.reply_to_message_id == msg.metadata.message_id
     assert not body.has_error() and dict(body.content["metrics"]) == {"x": 3, "node": 5}  # the context is this node's
     from flwr.common.constant import Status, SubStatus
@@ -102,7 +86,7 @@ def test_a_pulled_message_is_answered_in_process_and_pushed_by_flowers_own_loop(
 
 def test_a_bundle_with_code_is_refused_in_process_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process answer reads the server's app bundle as data, as the separate runner does."""
-    _, body, _, _ = _pull_answer_push(tmp_path, monkeypatch, {**_our_fab(tmp_path), "evil.py": "import os"})
+    _, body, _, _ = _pull_answer_push(tmp_path, monkeypatch, {**our_bundle_files(tmp_path), "evil.py": "import os"})
     assert body.has_error() and "site refuses the run" in body.error.reason and "evil.py" in body.error.reason
 
 

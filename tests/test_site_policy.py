@@ -305,28 +305,15 @@ def test_key_files_are_never_readable_by_others_even_under_umask_022(tmp_path: P
 
 def test_the_site_runs_its_installed_code_never_a_bundle_from_the_server(tmp_path: Path) -> None:
     """The site's runner reads the server's app bundle as data: code in it, or other components, are refused."""
-    import io
-    import zipfile
-
+    from tests.bundles import our_bundle_files, zip_bundle
     from xincept.client.runner import FabRefused, check_fab
-    from xincept.common.fedconfig import FedSettings
-    from xincept.server.superlink import write_app_dir
 
-    def fab(files: dict[str, str]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for name, text in files.items():
-                z.writestr(name, text)
-            z.writestr(".info/CONTENT", "hashes")
-        return buf.getvalue()
-
-    app_dir = write_app_dir(tmp_path / "app", FedSettings())
-    ours = {p.name: p.read_text() for p in app_dir.iterdir()}
-    assert check_fab(fab(ours))["components"]["clientapp"] == "xincept.client.app:app"  # what `xincept-server start` sends
+    ours = our_bundle_files(tmp_path)
+    assert check_fab(zip_bundle(ours))["components"]["clientapp"] == "xincept.client.app:app"  # what `xincept-server start` sends
     with pytest.raises(FabRefused, match="evil.py"):
-        check_fab(fab({**ours, "xincept/client/evil.py": "import os"}))
+        check_fab(zip_bundle({**ours, "xincept/client/evil.py": "import os"}))
     with pytest.raises(FabRefused, match="components"):
-        check_fab(fab({**ours, "pyproject.toml": ours["pyproject.toml"].replace("xincept.client.app:app", "evil:app")}))
+        check_fab(zip_bundle({**ours, "pyproject.toml": ours["pyproject.toml"].replace("xincept.client.app:app", "evil:app")}))
     with pytest.raises(FabRefused, match="not a readable"):
         check_fab(b"not a zip")
 

@@ -24,45 +24,37 @@ import logging
 from types import ModuleType
 from typing import Any, Callable
 
+from xincept.flower_runtime import InProcessRuntime, task_handlers
+
 log = logging.getLogger(__name__)
 
 
-class LocalRuntime:
-    """The SuperNode's Runtime API for one claimed task, as direct calls on its NodeState.
+def node_handlers() -> dict[str, Callable] | None:
+    """The SuperNode's Runtime API handlers a ClientApp task uses (None where the installed Flower lacks one)."""
+    try:
+        from flwr.supernode.servicer.runtime import runtime_handlers as node
+    except ImportError:
+        return None
+    return task_handlers(node)
 
-    It has the methods of Flower's ``RuntimeHttpClient`` that a ClientApp task uses, each calling the handler the
-    SuperNode's HTTP server would call for that request, so Flower's own ``pull_task_input``/``push_message``/
-    ``push_task_output`` work on it unchanged.
-    """
+
+class LocalRuntime(InProcessRuntime):
+    """The SuperNode's Runtime API for one claimed task, as direct calls on its NodeState, so Flower's own
+    ``pull_task_input``/``push_message``/``push_task_output`` work on it unchanged."""
 
     def __init__(self, state: Any, task: Any) -> None:
-        from flwr.supercore.servicer.runtime import runtime_handlers as core
-        from flwr.supernode.servicer.runtime import runtime_handlers as node
-
-        self._state, self._task = state, task
-        for name, fn in (("PullTaskInput", node.pull_task_input), ("PullMessages", node.pull_messages),
-                         ("PullObject", node.pull_object), ("ConfirmMessageReceived", node.confirm_message_received),
-                         ("PushMessages", node.push_messages), ("PushObject", node.push_object),
-                         ("PushTaskOutput", node.push_task_output), ("SendTaskHeartbeat", core.send_task_heartbeat)):
-            setattr(self, name, functools.partial(fn, state=state, task=task))
-
-    def close(self) -> None:
-        """Nothing to close (the HTTP client's counterpart)."""
+        super().__init__(state, task, node_handlers() or {})
 
 
 def handlers_available() -> bool:
-    """Whether the installed Flower has every Runtime API handler :class:`LocalRuntime` calls."""
+    """Whether the installed Flower has every Runtime API handler :class:`LocalRuntime` and the claim call."""
     try:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: F401  pylint: disable=E0611
         from flwr.supercore.constant import TaskType  # noqa: F401
         from flwr.supercore.servicer.runtime import runtime_handlers as core
-        from flwr.supernode.servicer.runtime import runtime_handlers as node
     except ImportError:
         return False
-    needed = [(core, "acquire_task"), (core, "send_task_heartbeat")] + [
-        (node, n) for n in ("pull_task_input", "pull_messages", "pull_object", "confirm_message_received", "push_messages",
-                            "push_object", "push_task_output")]
-    return all(callable(getattr(m, n, None)) for m, n in needed)
+    return node_handlers() is not None and callable(getattr(core, "acquire_task", None))
 
 
 def answer_pending(state: Any, app: Callable) -> int:

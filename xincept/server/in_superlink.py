@@ -25,28 +25,28 @@ import threading
 from types import ModuleType
 from typing import Any, Callable
 
+from xincept.flower_runtime import InProcessRuntime, task_handlers
+
 log = logging.getLogger("xincept.server.in_superlink")
 
 POLL_S = 0.2  # how often the thread asks the SuperLink's state for a new run
 
 
-class LinkRuntime:
-    """The SuperLink's Runtime API for one ServerApp task, as direct calls on its LinkState (the methods of Flower's
-    ``RuntimeHttpClient`` that ``HttpGrid`` and a ServerApp task use)."""
+def link_handlers() -> dict[str, Callable] | None:
+    """The SuperLink's Runtime API handlers a ServerApp task uses (None where the installed Flower lacks one)."""
+    try:
+        from flwr.superlink.servicer.runtime import runtime_handlers as link
+    except ImportError:
+        return None
+    return task_handlers(link, extra={"GetNodes": "get_nodes"})
+
+
+class LinkRuntime(InProcessRuntime):
+    """The SuperLink's Runtime API for one ServerApp task, as direct calls on its LinkState (what ``HttpGrid`` and a
+    ServerApp task call)."""
 
     def __init__(self, state: Any, task: Any) -> None:
-        from flwr.supercore.servicer.runtime import runtime_handlers as core
-        from flwr.superlink.servicer.runtime import runtime_handlers as link
-
-        for name, fn in (("PullTaskInput", link.pull_task_input), ("PushTaskOutput", link.push_task_output),
-                         ("GetNodes", link.get_nodes), ("PushMessages", link.push_messages),
-                         ("PullMessages", link.pull_messages), ("PushObject", link.push_object),
-                         ("PullObject", link.pull_object), ("ConfirmMessageReceived", link.confirm_message_received),
-                         ("SendTaskHeartbeat", core.send_task_heartbeat), ("PushLogs", core.push_logs)):
-            setattr(self, name, functools.partial(fn, state=state, task=task))
-
-    def close(self) -> None:
-        """Nothing to close (the HTTP client's counterpart)."""
+        super().__init__(state, task, link_handlers() or {})
 
 
 class TaskLogHandler(logging.Handler):
@@ -74,16 +74,12 @@ def handlers_available() -> bool:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: F401  pylint: disable=E0611
         from flwr.server.run_serverapp import run  # noqa: F401
         from flwr.supercore.constant import TaskType
-        from flwr.supercore.servicer.runtime import runtime_handlers as core
         from flwr.superlink.grid.http_grid import HttpGrid
         from flwr.superlink.servicer.runtime import runtime_handlers as link
     except ImportError:
         return False
-    needed = [(core, "send_task_heartbeat"), (core, "push_logs")] + [
-        (link, n) for n in ("acquire_task", "pull_task_input", "push_task_output", "get_nodes", "push_messages",
-                            "pull_messages", "push_object", "pull_object", "confirm_message_received")]
-    return (all(callable(getattr(m, n, None)) for m, n in needed) and hasattr(TaskType, "SERVER_APP")
-            and isinstance(getattr(HttpGrid, "_runtime_client", None), property))
+    return (link_handlers() is not None and callable(getattr(link, "acquire_task", None))
+            and hasattr(TaskType, "SERVER_APP") and isinstance(getattr(HttpGrid, "_runtime_client", None), property))
 
 
 def in_process_grid(runtime: LinkRuntime):

@@ -14,7 +14,7 @@ from xincept.common.errors import WeightsError
 
 
 def test_verify_weights_accepts_a_staged_folder_and_names_a_damaged_file(tmp_path: Path) -> None:
-    from xincept.common.backbones import verify_staged_weights
+    from xincept.common.weights_staging import verify_staged_weights
 
     names = ("legacy_xception", "inception_v3")
     lines = []

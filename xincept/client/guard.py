@@ -37,7 +37,7 @@ EXTRA_KEYS: dict[str, frozenset[str]] = {
     "train.local": frozenset(),
 }
 PRIVACY_KEYS = ("dp-epsilon", "dp-delta", "dp-max-grad-norm", "disclosure", "min-cell-count", "disclosure-epsilon")
-EMBED_KEYS = ("backbones", "input-size", "pretrained", "precision", *SPLIT_KEYS)
+EMBED_KEYS = ("backbones", "input-size", "pretrained", "random-backbones", "precision", *SPLIT_KEYS)
 SPLIT_BOUNDS = {"test-fraction": (0.1, 0.5), "val-fraction": (0.05, 0.5), "group-block": (1, 10_000)}
 
 

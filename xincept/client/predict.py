@@ -23,6 +23,7 @@ def backbone_config_for(meta: dict[str, Any], weights_dir: Path | None, device: 
         names=tuple(b["name"] for b in meta["backbones"]),
         input_size=int(meta["input_size"]),
         pretrained=meta.get("weights") != "random",
+        random_backbones=tuple(b["name"] for b in meta["backbones"] if b.get("weights") == "random"),
         weights_dir=weights_dir,
         device=device,
         precision="fp32" if meta.get("embedding_path", {}).get("dtype") == "float32" else "auto",

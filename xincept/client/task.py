@@ -21,7 +21,7 @@ from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.head import FusedHead, HeadEnsemble, feature_sums, head_for_state
 from xincept.common.model import select
-from xincept.common.site import EmbeddedSite, prepare_site
+from xincept.common.site import EmbeddedSite, prepare_site, weights_meta
 from xincept.common.splits import site_split
 from xincept.common.site_counts import site_counts
 from xincept.common.train_head import gradient_step, predict_logits, softmax, to_tensors, train_epochs, xgb_data
@@ -97,7 +97,7 @@ def join_info(local: LocalSite) -> dict[str, Any]:
         "version": __version__,
         "fingerprints": [f"{b.name}:{b.fingerprint}" for b in local.site.backbones],
         "classes": local.classes,
-        "weights": local.site.backbones[0].weights.split(":")[0],
+        "weights": weights_meta(local.site.backbones)["weights"],
         "backbones": json.dumps([b.describe() for b in local.site.backbones]),
         "backbone_bytes": local.backbone_bytes,
         "n_groups": int(local.site.data.report.n_groups),

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "XINCEPT_WEIGHTS_DIR"
-RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--no-pretrained): backbones are not ImageNet-trained; results are not clinical evidence"
 
 
 @dataclass
@@ -36,10 +35,11 @@ class Backbone:
     model: "torch.nn.Module"
     num_features: int
     fingerprint: str
-    weights: str  # "imagenet (timm)", "local:<file>" or "random"
+    weights: str  # "imagenet (keras)", "imagenet (timm)", "local:<file>" (an unlabelled staged file) or "random"
     data_config: dict[str, Any]
     transform: Callable | None  # None (and no model) for a backbone known from its descriptor (remembered_backbones)
     param_bytes: int = 0
+    source: dict[str, str] | None = None  # a staged file's origin: {"file", "sha256" of the file it was converted from}
 
     @property
     def preprocess_key(self) -> str:
@@ -56,6 +56,7 @@ class Backbone:
             "name": self.name,
             "fingerprint": self.fingerprint,
             "weights": self.weights,
+            **({"weights_source": self.source} if self.source else {}),
             "num_features": self.num_features,
             "preprocessing": self.data_config,
         }
@@ -98,15 +99,20 @@ def _name_seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
-def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str]:
+def random_warning(names: list[str] | tuple[str, ...]) -> str:
+    """The warning every output carries when ``names`` (some or all backbones) have random weights."""
+    return f"RANDOM WEIGHTS ({', '.join(names)}): not ImageNet-trained; results are not clinical evidence"
+
+
+def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str, dict[str, str] | None]:
     import timm
     import torch
 
-    if not cfg.pretrained:
-        log.warning("%s: %s", name, RANDOM_WEIGHTS_WARNING)
+    if cfg.is_random(name):
+        log.warning("%s", random_warning([name]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_name_seed(name))
-            return timm.create_model(name, pretrained=False, num_classes=0), "random"
+            return timm.create_model(name, pretrained=False, num_classes=0), "random", None
 
     weights_dir = weights_dir_from(cfg)
     if weights_dir is not None:
@@ -122,10 +128,17 @@ def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str]:
             model.load_state_dict(state, strict=True)
         except Exception as exc:
             raise WeightsError(f"backbone {name}: weights file {path} could not be loaded ({exc}); re-stage it with `xincept-client stage-weights`") from exc
-        return model, f"local:{path}"
+        from xincept.common.weights_staging import source_of
+
+        origin = source_of(path)
+        if origin is None:  # staged before files were labelled
+            return model, f"local:{path}", None
+        source = {"file": path.name, **({"converted_from": origin["source_file"], "source_sha256": origin["source_sha256"]}
+                                         if "source_sha256" in origin else {})}
+        return model, origin["weights"], source
 
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0), "imagenet (timm)"
+        return timm.create_model(name, pretrained=True, num_classes=0), "imagenet (timm)", None
     except Exception as exc:  # network, hub or cache errors
         raise WeightsError(
             f"backbone {name}: could not download ImageNet weights ({type(exc).__name__}: {exc}). "
@@ -154,7 +167,7 @@ def load_backbone(name: str, cfg: BackboneConfig) -> Backbone:
 
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise WeightsError(f"unknown backbone {name!r}: use a timm model name such as 'legacy_xception' or 'inception_v3'")
-    model, weights = _create(name, cfg)
+    model, weights, source = _create(name, cfg)
     model.eval().requires_grad_(False)
     data_config = dict(resolve_model_data_config(model))
     data_config["input_size"] = (3, cfg.input_size, cfg.input_size)
@@ -170,6 +183,7 @@ def load_backbone(name: str, cfg: BackboneConfig) -> Backbone:
         data_config=data_config,
         transform=transform,
         param_bytes=int(sum(p.numel() * p.element_size() for p in model.parameters())),
+        source=source,
     )
 
 
@@ -183,14 +197,6 @@ def load_backbones(cfg: BackboneConfig) -> list[Backbone]:
 DESCRIPTORS = "backbones"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_key(name: str, cfg: BackboneConfig) -> str | None:
     """Everything the weights and preprocessing of ``name`` depend on, as a key (None: only building tells).
 
@@ -199,14 +205,16 @@ def _source_key(name: str, cfg: BackboneConfig) -> str | None:
     """
     from importlib.metadata import version
 
-    if not cfg.pretrained:
+    if cfg.is_random(name):
         source = f"random|{version('timm')}|{version('torch')}"
     else:
         weights_dir = weights_dir_from(cfg)
         path = staged_weights_file(weights_dir, name) if weights_dir is not None else None
         if path is None or not path.is_file():
             return None
-        source = f"file|{_file_sha256(path)}"
+        from xincept.common.weights_staging import file_sha256
+
+        source = f"file|{file_sha256(path)}"
     return hashlib.sha256(f"{name}|{cfg.input_size}|{source}".encode()).hexdigest()[:24]
 
 
@@ -238,54 +246,12 @@ def remembered_backbones(cfg: BackboneConfig, cache_root: Path) -> list[Backbone
             d = json.loads(path.read_text())
             b = Backbone(name=name, model=None, num_features=int(d["num_features"]), fingerprint=str(d["fingerprint"]),  # type: ignore[arg-type]
                          weights=str(d["weights"]), data_config=dict(d["preprocessing"]), transform=None,
-                         param_bytes=int(d.get("param_bytes", 0)))
+                         param_bytes=int(d.get("param_bytes", 0)), source=d.get("weights_source"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if d.get("name") != name:
             return None
         if b.weights == "random":
-            log.warning("%s: %s", name, RANDOM_WEIGHTS_WARNING)
+            log.warning("%s", random_warning([name]))
         out.append(b)
     return out
-
-
-def stage_weights(names: tuple[str, ...], out: Path) -> dict[str, str]:
-    """Download timm's ImageNet weights (on a connected machine) into ``out`` with checksums."""
-    import timm
-    from safetensors.torch import save_file
-
-    from xincept.common.atomic import write_text_atomic, write_with_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    sums: dict[str, str] = {}
-    for name in names:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        path = staged_weights_file(out, name)
-        write_with_atomic(path, lambda tmp: save_file(state, str(tmp)))
-        sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    write_text_atomic(out / "SHA256SUMS.txt", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
-    return sums
-
-
-def verify_staged_weights(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Check a staged weights folder against its SHA256SUMS.txt; returns {file: sha256} or raises WeightsError."""
-    folder = Path(folder)
-    sums_file = folder / "SHA256SUMS.txt"
-    if not sums_file.is_file():
-        raise WeightsError(f"{sums_file} is missing: stage the weights with `xincept-client stage-weights --out {folder}`")
-    listed = dict(reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines() if line.strip())
-    listed = {name.strip(): digest for name, digest in listed.items()}
-    problems, found = [], {}
-    for name in names:
-        path = staged_weights_file(folder, name)
-        if not path.is_file():
-            problems.append(f"{path.name} is missing")
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if listed.get(path.name) != digest:
-            problems.append(f"{path.name} does not match SHA256SUMS.txt (damaged or replaced; copy the staged folder again)")
-        found[path.name] = digest
-    if problems:
-        raise WeightsError(f"weights in {folder}: " + "; ".join(problems))
-    return found

@@ -20,6 +20,9 @@ AllowOutsideOpt = Annotated[bool, typer.Option("--allow-outside-paths", help="Ac
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Expected classes in label order, comma-separated (default: the class folders found).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone weights (no download). Recorded as a warning in every output; not for clinical use.")]
+RandomBackbonesOpt = Annotated[str | None, typer.Option("--random-backbones", help="Comma-separated backbones that get random "
+                                                      "weights while the others load staged ImageNet weights (labelled in "
+                                                      "every output), e.g. inception_v3.")]
 WeightsDirOpt = Annotated[Path | None, typer.Option("--weights-dir", envvar="XINCEPT_WEIGHTS_DIR", help="Folder of staged backbone weights (<name>.safetensors) for offline sites.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="XINCEPT_CACHE_DIR", help="Embedding cache folder (default ~/.cache/xincept).")]
 InputSizeOpt = Annotated[int, typer.Option("--input-size", help="Backbone input size in pixels (thesis: 224).")]

@@ -29,6 +29,7 @@ class BackboneConfig:
     input_size: int = 224
     pretrained: bool = True
     weights_dir: Path | None = None
+    random_backbones: tuple[str, ...] = ()  # random weights for these only, the others pretrained (said explicitly)
     batch_size: int = 32
     num_workers: int = 0
     device: str = "auto"
@@ -41,6 +42,14 @@ class BackboneConfig:
             raise SettingError("at least one backbone name is needed")
         if self.precision not in ("auto", "fp32"):
             raise SettingError(f"precision={self.precision!r}: choose 'auto' or 'fp32'")
+        unknown = [n for n in self.random_backbones if n not in self.names]
+        if unknown:
+            raise SettingError(f"--random-backbones {','.join(unknown)}: not among the backbones ({','.join(self.names)}); "
+                               "name only backbones the run uses")
+
+    def is_random(self, name: str) -> bool:
+        """Whether backbone ``name`` gets random weights: all with --no-pretrained, else those named in --random-backbones."""
+        return not self.pretrained or name in self.random_backbones
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class FedSettings:
     backbones: str = ",".join(THESIS_BACKBONES)
     input_size: int = 224
     pretrained: bool = True
+    random_backbones: str = ""  # comma-separated: these backbones random (labelled), the others pretrained
     precision: str = "auto"
     group_block: int = 25
     test_fraction: float = 0.2
@@ -125,6 +126,7 @@ class FedSettings:
         if self.xgb_features == "fused":
             raise SettingError("xgb-features fused: federated XGBoost on the raw 4,096 pooled features would send histograms "
                                "of every one of them every tree level; choose branches, embedding or logits")
+        self.run_config()  # checks the backbone settings (random-backbones among the backbones)
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
 
@@ -137,7 +139,7 @@ class FedSettings:
 
     def client_flat(self) -> dict[str, Any]:
         """The part every site needs (no server paths)."""
-        keep = ("backbones", "input_size", "pretrained", "precision", "group_block", "test_fraction", "val_fraction", "test_fold",
+        keep = ("backbones", "input_size", "pretrained", "random_backbones", "precision", "group_block", "test_fraction", "val_fraction", "test_fold",
                 "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
                 "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout",
                 "xgb_features", "xgb_margin",
@@ -164,7 +166,8 @@ class FedSettings:
     def run_config(self, cache_dir: Path | None = None, weights_dir: Path | None = None) -> RunConfig:
         return RunConfig(
             backbone=BackboneConfig(names=tuple(n for n in self.backbones.split(",") if n), input_size=self.input_size,
-                                    pretrained=self.pretrained, weights_dir=weights_dir, precision=self.precision),
+                                    pretrained=self.pretrained, weights_dir=weights_dir, precision=self.precision,
+                                    random_backbones=tuple(n for n in self.random_backbones.split(",") if n)),
             head=HeadConfig(activation=self.activation, lr=self.lr, batch_size=self.batch_size, dropout=self.dropout, seed=self.seed),
             xgb=self.xgb_config(),
             split=SplitConfig(seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction, group_block=self.group_block),

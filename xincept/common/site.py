@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xincept.common.backbones import (RANDOM_WEIGHTS_WARNING, Backbone, load_backbones, remember_backbones,
+from xincept.common.backbones import (Backbone, load_backbones, random_warning, remember_backbones,
                                       remembered_backbones)
 from xincept.common.config import RunConfig
 from xincept.common.data import SiteData, require_usable, scan_site
@@ -53,9 +53,24 @@ def embedding_path(cfg: RunConfig) -> dict:
     return choose_path(cfg.backbone).describe()
 
 
-def weights_meta(backbones: list[Backbone]) -> dict:
-    random = any(b.weights == "random" for b in backbones)
-    return {"weights": "random" if random else "pretrained", **({"warning": RANDOM_WEIGHTS_WARNING} if random else {})}
+def weights_meta(backbones: list[Backbone] | list[dict]) -> dict:
+    """What every output says about the backbones' weights.
+
+    ``weights``: "random" (all random), "pretrained" (none random) or "mixed" (some random, asked for with
+    --random-backbones); ``backbone_weights``: each backbone's own label ("imagenet (keras)", "random", ...);
+    ``warning`` names the random ones.
+    """
+    per = {b["name"]: b["weights"] for b in backbones} if backbones and isinstance(backbones[0], dict) \
+        else {b.name: b.weights for b in backbones}  # type: ignore[union-attr]
+    random = [n for n, w in per.items() if w == "random"]
+    label = "random" if len(random) == len(per) else "mixed" if random else "pretrained"
+    return {"weights": label, "backbone_weights": per, **({"warning": random_warning(random)} if random else {})}
+
+
+def weights_label(meta: dict) -> str:
+    """One line for summaries from a metrics.json or model.json: ``legacy_xception imagenet (keras), inception_v3 random``."""
+    per = meta.get("backbone_weights")
+    return ", ".join(f"{n} {w}" for n, w in per.items()) if per else str(meta.get("weights"))
 
 
 def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,

@@ -106,7 +106,7 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
     glob["ci95"] = bootstrap_ci(y[idx], cv["oof"][idx], k_classes, groups=groups, n_boot=n_boot, seed=cfg.split.seed)
     metrics: dict[str, Any] = {
         "protocol": protocol,
-        "weights": weights_meta(site.backbones)["weights"],
+        **{k: v for k, v in weights_meta(site.backbones).items() if k != "warning"},
         "classifier": (f"fused head + XGBoost on {xgb_description(cfg.xgb)}" if cfg.xgb.select == "xgboost" else
                        f"fused head, then XGBoost on {xgb_description(cfg.xgb)} or the head's softmax, per fold the one "
                        f"with the better accuracy on the fold's validation images (ties: XGBoost)"),

@@ -10,7 +10,8 @@ import typer
 
 from xincept.common.cli import (
     AllowOutsideOpt, BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
-    NoPretrainedOpt, OutOpt, PrecisionOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging, split_names,
+    NoPretrainedOpt, OutOpt, PrecisionOpt, RandomBackbonesOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging,
+    split_names,
 )
 from xincept.common.config import THESIS_BACKBONES
 
@@ -24,6 +25,7 @@ def centralized(
     folds: Annotated[int, typer.Option("--folds", help="Grouped stratified cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for splits, head initialisation and XGBoost.")] = 0,
     no_pretrained: NoPretrainedOpt = False,
+    random_backbones: RandomBackbonesOpt = None,
     weights_dir: WeightsDirOpt = None,
     cache_dir: CacheDirOpt = None,
     input_size: InputSizeOpt = 224,
@@ -55,12 +57,13 @@ def centralized(
     setup_logging(verbose)
     from xincept.common.config import (AugmentConfig, BackboneConfig, HeadConfig, RunConfig, SplitConfig, XGBConfig,
                                        default_cache_dir, head_recipe_changes)
+    from xincept.common.site import weights_label
     from xincept.server.centralized import run_centralized
 
     cfg = RunConfig(
         backbone=BackboneConfig(names=tuple(split_names(backbones) or THESIS_BACKBONES), input_size=input_size,
                                 pretrained=not no_pretrained, weights_dir=weights_dir, batch_size=batch_size, device=device,
-                                precision=precision),
+                                precision=precision, random_backbones=tuple(split_names(random_backbones) or ())),
         head=HeadConfig(activation=activation, seed=seed, **head_recipe_changes(head_recipe)),
         xgb=XGBConfig(features=xgb_features, margin=xgb_margin, seed=seed, select=select_classifier),
         split=SplitConfig(folds=folds, seed=seed, group_block=group_block),
@@ -73,7 +76,7 @@ def centralized(
     lo, hi = g["ci95"]["accuracy"]
     typer.echo(
         f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {100 * g['macro_f1']:.1f}%, "
-        f"AUC {100 * (g['auc_ovr'] or 0):.1f}% [{metrics['protocol']['kind']}, weights: {metrics['weights']}]\n"
+        f"AUC {100 * (g['auc_ovr'] or 0):.1f}% [{metrics['protocol']['kind']}, weights: {weights_label(metrics)}]\n"
         f"classifier per fold: {', '.join(metrics['classifier_chosen'])} (XGBoost alone "
         f"{100 * metrics['xgboost']['accuracy']:.1f}%, head softmax alone {100 * metrics['head_softmax']['accuracy']:.1f}%)\n"
         f"wrote {Path(out) / 'model'}, {Path(out) / 'metrics.json'}, {Path(out) / 'report.md'}"

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputSizeOpt, NoPretrainedOpt, PrecisionOpt,
+                                RandomBackbonesOpt,
                                 VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging)
 from xincept.common.config import THESIS_BACKBONES
 
@@ -43,6 +44,7 @@ def simulate(
     head_members: HeadMembersOpt = 0,
     xgb_mode: XgbModeOpt = "histogram",
     no_pretrained: NoPretrainedOpt = False,
+    random_backbones: RandomBackbonesOpt = None,
     weights_dir: WeightsDirOpt = None,
     cache_dir: CacheDirOpt = None,
     input_size: InputSizeOpt = 224,
@@ -64,6 +66,7 @@ def simulate(
     """Simulate a federation of SITES hospitals on one machine and write the same bundle as a real run."""
     setup_logging(verbose)
     from xincept.common.fedconfig import FedSettings, load_settings_file
+    from xincept.common.site import weights_label
     from xincept.server.simulate import run_simulated_federation
 
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
@@ -73,6 +76,8 @@ def simulate(
     values.update(out_dir=str(out), min_sites=sites)
     if no_pretrained:
         values["pretrained"] = False
+    if random_backbones:
+        values["random_backbones"] = random_backbones
     merged = {**(load_settings_file(config) if config else {}), **values}
     if demo:  # tiny backbones and images so the demonstration runs in a few minutes on a laptop CPU
         merged.update(backbones="test_resnet,test_efficientnet", input_size=96, pretrained=False)
@@ -86,7 +91,7 @@ def simulate(
     ref = metrics.get("centralized_reference", {}).get("head_softmax")
     typer.echo(
         f"federated accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}) over {g['n']} held-out images at "
-        f"{len(metrics['sites'])} sites [{metrics['partition']['scheme']}, weights: {metrics['weights']}"
+        f"{len(metrics['sites'])} sites [{metrics['partition']['scheme']}, weights: {weights_label(metrics)}"
         f"{', SYNTHETIC data' if demo else ''}]"
         + (f"\ncentralized reference (same splits): {100 * ref['accuracy']:.1f}%" if ref else "")
         + f"\nbytes per site per round: {metrics['communication']['bytes_per_site_per_round']:,} "

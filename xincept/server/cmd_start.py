@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import VerboseOpt, friendly_errors, given_options, setup_logging
+from xincept.common.cli import RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setup_logging
 from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, MinCellOpt, ResumeOpt,
                                          RoundsOpt, StrategyOpt, XgbModeOpt)
 
@@ -28,6 +28,7 @@ def start(
     port: Annotated[int, typer.Option("--port", help="SuperLink port (Fleet and Control APIs).")] = 9092,
     public_host: Annotated[str | None, typer.Option("--public-host", help="Name or IP sites use to reach this server (for XGBoost's tracker; default: --host).")] = None,
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
+    random_backbones: RandomBackbonesOpt = None,
     backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated timm backbone names (default: the thesis pair).")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input size in pixels (default 224).")] = None,
     loso: Annotated[bool, typer.Option("--loso", help="Also train leave-one-site-out models and score each at its held-out site.")] = False,
@@ -59,6 +60,8 @@ def start(
         values["pretrained"] = False
     if backbones:
         values["backbones"] = backbones
+    if random_backbones:
+        values["random_backbones"] = random_backbones
     if input_size:
         values["input_size"] = input_size
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})

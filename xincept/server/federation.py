@@ -28,6 +28,7 @@ from xincept.common.splits import holdout_folds
 from xincept.common.head import add_sums, ensemble_state, head_for_state, sums_to_mean_std
 from xincept.common.metrics import wilson_interval
 from xincept.common.model import XinceptModel, pick_classifier
+from xincept.common.site import weights_meta
 from xincept.common.report import write_reports
 from xincept.common.versions import code_hash, package_versions
 from xincept.common.xgb_federated import booster_from_raw
@@ -304,7 +305,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     head = head_for_state([len(v["sum"]) for _, v in sorted(next(iter(site_sums.values())).items())], len(classes),
                           settings.run_config().head, state)
     privacy = privacy_by_site(rounds + loso_rounds)
-    weights = "random" if any(s.info.get("weights") == "random" for s in sites) else "pretrained"
+    weights_info = weights_meta(json.loads(str(sites[0].info["backbones"])))  # every site proved the same fingerprints
+    weights = weights_info["weights"]
     protocol = {
         "kind": "federated-site-holdout",
         "description": (f"each site holds out a grouped {settings.test_fraction:.0%} test split (fold {settings.test_fold} of "
@@ -318,6 +320,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     metrics = {
         "protocol": protocol,
         "weights": weights,
+        "backbone_weights": weights_info["backbone_weights"],
         "classifier": ((f"ensemble of {members} fused heads (their softmax averaged, their embeddings concatenated), each "
                         if members > 1 else "fused head (")
                        + f"federated {settings.strategy}, {settings.rounds} rounds x "
@@ -359,8 +362,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     meta = {
         "xincept_version": __version__,
         "classes": classes,
-        "weights": weights,
-        **({"warning": "RANDOM WEIGHTS (--no-pretrained): backbones are not ImageNet-trained; results are not clinical evidence"} if weights == "random" else {}),
+        **weights_info,
         "backbones": json.loads(str(sites[0].info["backbones"])),
         "input_size": settings.input_size,
         "package_versions": package_versions(),

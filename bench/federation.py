@@ -5,7 +5,10 @@ splits (head softmax and XGBoost), per-site and cross-site accuracy, DP budgets,
 total wall time and the peak memory of the whole process tree (server, Ray and site actors).
 
     python bench/federation.py --name dirichlet --data ../shared/datasets/all4 --sites 4 \\
-        --partition dirichlet:0.5 [--cache-dir DIR] [--folds 5] [-- extra simulate options]
+        --partition dirichlet:0.5 [--cache-dir DIR] [--folds 5] [--weights-dir W] [-- extra simulate options]
+
+Random backbone weights (--no-pretrained) unless ``--weights-dir W`` names staged ImageNet weights (from
+`xincept-client stage-weights`); a backbone without a staged file in W then stays random, labelled (--random-backbones).
 
 With ``--folds 5`` the configuration runs once per test fold (``simulate --test-fold 0..4``): every site's
 images are tested once, a grouped 5-fold cross-validation. The JSON then holds each fold's summary and
@@ -33,8 +36,9 @@ def summarize(name: str, metrics: dict, measured: dict, args: argparse.Namespace
     return {
         "name": name,
         "command": " ".join(["xincept-server", "simulate", "--data", str(args.data), "--sites", str(args.sites),
-                             "--partition", args.partition, "--no-pretrained", *extra]),
-        "weights": metrics["weights"], "input_size": metrics["settings"]["input-size"], "seed": metrics["settings"]["seed"],
+                             "--partition", args.partition, *weights_options(args, extra), *extra]).replace(str(args.weights_dir), "W"),
+        "weights": metrics["weights"], "backbone_weights": metrics.get("backbone_weights"),
+        "backbones": metrics["settings"]["backbones"], "input_size": metrics["settings"]["input-size"], "seed": metrics["settings"]["seed"],
         "protocol": metrics["protocol"]["description"], "classifier": metrics["classifier"],
         "strategy": metrics["settings"]["strategy"], "head_members": metrics.get("head_members", 1),
         "partition": metrics["partition"],
@@ -79,7 +83,7 @@ def cross_validated(name: str, folds: list[dict]) -> dict:
                             "fold": [100 * g for g in gaps]}
     first = folds[0]
     return {"name": name, "command": first["command"].replace("--test-fold 0", f"--test-fold K (K = 0..{len(folds) - 1})"), "weights": first["weights"],
-            "input_size": first["input_size"], "seed": first["seed"],
+            "backbone_weights": first.get("backbone_weights"), "backbones": first.get("backbones"), "input_size": first["input_size"], "seed": first["seed"],
             "protocol": (f"grouped {len(folds)}-fold cross-validation inside every site (fold K: each site tests on its K-th "
                          "grouped fold, validates on a grouped 15% of the rest, trains on the remainder); accuracy pooled over "
                          "every fold's test images (each image tested once), Wilson 95% interval over images"),
@@ -92,10 +96,20 @@ def cross_validated(name: str, folds: list[dict]) -> dict:
             "fold_runs": folds}
 
 
+def weights_options(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """--no-pretrained, or the staged weights with every backbone W lacks named random."""
+    if args.weights_dir is None:
+        return ["--no-pretrained"]
+    backbones = extra[extra.index("--backbones") + 1] if "--backbones" in extra else "legacy_xception,inception_v3"
+    staged = {p.stem for p in args.weights_dir.glob("*.safetensors")}
+    random = [b for b in backbones.split(",") if b not in staged]
+    return ["--weights-dir", str(args.weights_dir), *(["--random-backbones", ",".join(random)] if random else [])]
+
+
 def run_one(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     exe = shutil.which("xincept-server") or "xincept-server"
     cmd = [exe, "simulate", "--data", str(args.data), "--sites", str(args.sites), "--partition", args.partition,
-           "--no-pretrained", "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), *extra]
+           *weights_options(args, extra), "--out", str(out), *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), *extra]
     out.parent.mkdir(parents=True, exist_ok=True)
     measured = run_measured(cmd, out.parent / f"{out.name}.log", args.timeout)
     if measured["exit_code"] != 0:
@@ -114,6 +128,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=4)
     ap.add_argument("--partition", default="iid")
     ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--weights-dir", type=Path, default=None, help="staged ImageNet weights (default: random weights)")
     ap.add_argument("--out", type=Path, default=None, help="keep the run here (default: a temporary folder)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--folds", type=int, default=1, help="run every test fold (grouped k-fold CV); 1: fold 0 only")

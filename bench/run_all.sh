@@ -2,6 +2,8 @@
 # Every benchmark behind docs/RESULTS.md, in order, on ../shared/datasets/all4; JSON into bench/results/.
 # Then `python bench/make_results.py` writes docs/RESULTS.md and its plots from those files.
 #   bash bench/run_all.sh [CACHE_DIR]     (a warm embedding cache saves about 3 minutes per backbone pair)
+# With XINCEPT_BENCH_WEIGHTS=W (a folder from `xincept-client stage-weights --from-keras FILE --out W`) the ImageNet
+# rows run too: Xception with Keras' ImageNet weights, InceptionV3 random (labelled) while W has no inception_v3 file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${1:-${XINCEPT_CACHE_DIR:-$HOME/.cache/xincept}}"
@@ -17,6 +19,20 @@ run() {
   else echo "   $name failed; its JSON (with the error) is kept" >&2; mv "$res/$name.json.tmp" "$res/$name.json"; fi
 }
 fed() { local name=$1; shift; run "fed_$name" python bench/federation.py --name "$name" --data "$data" --cache-dir "$cache" "$@"; }
+weights="${XINCEPT_BENCH_WEIGHTS:-}"
+imagenet() {  # ImageNet Xception alone (what a site without InceptionV3 weights runs; see README)
+  local name=$1; shift
+  [[ -n "$weights" ]] && fed "imagenet_$name" --weights-dir "$weights" "$@" -- --backbones legacy_xception
+  return 0
+}
+if [[ -n "$weights" ]]; then
+  run centralized python bench/centralized.py --data "$data" --cache-dir "$cache" --weights-dir "$weights"
+  imagenet dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --no-loso
+  imagenet iid_cv --folds 5 --sites 4 --partition iid --no-loso
+  imagenet labelskew_cv --folds 5 --sites 4 --partition label-skew:2 --no-loso
+  imagenet dirichlet --sites 4 --partition dirichlet:0.5      # fold 0 with leave-one-site-out (cross-site validation)
+  for eps in 8 3 1; do imagenet "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
+fi
 
 run dp python bench/dp.py
 # grouped 5-fold CV (simulate --test-fold 0..4), pooled over every image
@@ -30,7 +46,7 @@ fed iid_timing_1head --sites 4 --partition iid --no-loso --no-reference --head-m
 fed bagging_iid_cv --folds 5 --sites 4 --partition iid --xgb-mode bagging --no-loso
 fed bagging_dirichlet_cv --folds 5 --sites 4 --partition dirichlet:0.5 --xgb-mode bagging --no-loso
 for eps in 8 3 1; do fed "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
-run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
+[[ -z "$weights" ]] && run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
 run ablation python bench/ablation.py --data "$data" --cache-dir "$cache"   # the fused head, one change at a time
 run walltime python bench/fed_vs_central.py --data "$data" --cache-dir "$cache"   # back to back, one run
 run deployed python bench/deployed.py --data "$data" --cache-dir "$cache" --per-site 150 --rounds 10   # real processes vs simulation

@@ -204,3 +204,42 @@ def test_format_json_writes_only_json_to_a_piped_stdout(trained: dict, command: 
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)  # the whole of stdout, as written
     assert (len(doc) == 12 if command == "predict" else doc["n_images"] == 48)
+
+
+def test_mixed_weights_are_asked_for_and_named_in_every_output(tmp_path: Path) -> None:
+    """One backbone staged (labelled in its file), the other random only because --random-backbones says so."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from xincept.common.synthetic import write_image_folder
+
+    weights = tmp_path / "W"
+    weights.mkdir()
+    torch.manual_seed(7)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights / "test_resnet.safetensors"),
+              metadata={"weights": "imagenet (timm)"})
+    data = write_image_folder(tmp_path / "site", per_class=8)
+    args = ["centralized", "--data", str(data), "--out", str(tmp_path / "out"), "--folds", "2", "--cache-dir", str(tmp_path / "c"),
+            "--backbones", "test_resnet,test_efficientnet", "--input-size", "80", "--group-block", "2", "--weights-dir", str(weights)]
+    refused = runner.invoke(server_app, args)  # not said: the missing file stops the run, naming it and the choices
+    assert refused.exit_code == 2 and "test_efficientnet.safetensors" in refused.output and "--random-backbones" in refused.output
+    res = runner.invoke(server_app, [*args, "--random-backbones", "test_efficientnet"])
+    assert res.exit_code == 0, res.output
+    assert "test_resnet imagenet (timm), test_efficientnet random" in res.output
+    out = tmp_path / "out"
+    meta = json.loads((out / "model" / "model.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for doc in (meta, metrics):
+        assert doc["weights"] == "mixed"
+        assert doc["backbone_weights"] == {"test_resnet": "imagenet (timm)", "test_efficientnet": "random"}
+    assert [b["weights"] for b in meta["backbones"]] == ["imagenet (timm)", "random"]
+    assert "RANDOM WEIGHTS (test_efficientnet)" in meta["warning"]
+    report = (out / "report.html").read_text()
+    assert "imagenet (timm)" in report and "RANDOM WEIGHTS (test_efficientnet)" in report
+    img = next((data / "Pre").iterdir())
+    pred = runner.invoke(client_app, ["predict", "--model", str(out / "model"), str(img), "--format", "json",
+                                      "--weights-dir", str(weights), "--cache-dir", str(tmp_path / "c")])
+    assert pred.exit_code == 0, pred.output  # the bundle's mixed weights are rebuilt: staged + the same random one
+    assert json.loads(pred.stdout)[0]["class"] in meta["classes"]

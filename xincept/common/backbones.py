@@ -79,7 +79,9 @@ def staging_hint(name: str, weights_dir: Path | None) -> str:
     return (
         f"stage it on a connected machine with `xincept-client stage-weights --out {target}` "
         f"(writes {staged_weights_file(target, name)}), copy the folder to this machine and pass "
-        f"--weights-dir {target} (or set {WEIGHTS_ENV}); or run with --no-pretrained for random weights (not for clinical use)"
+        f"--weights-dir {target} (or set {WEIGHTS_ENV}); for Xception, `xincept-client stage-weights --from-keras FILE --out "
+        f"{target}` converts Keras' ImageNet weights offline; to keep only {name} random while the others load their weights, "
+        f"pass --random-backbones {name}; or run with --no-pretrained for random weights (not for clinical use)"
     )
 
 

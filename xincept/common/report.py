@@ -101,6 +101,14 @@ def render_html(markdown_text: str, folder: Path, title: str) -> str:
             f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
+def _backbone_line(b: dict[str, Any]) -> str:
+    """``legacy_xception (weights: imagenet (keras), converted from F, sha256 abcd…)`` or ``inception_v3 (weights: random)``."""
+    src = b.get("weights_source") or {}
+    origin = (f", converted from {src['converted_from']}, sha256 {src['source_sha256'][:16]}…"
+              if src.get("source_sha256") else "")
+    return f"{b['name']} (weights: **{b['weights']}**{origin})"
+
+
 def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     """Markdown report from ``metrics.json`` content and ``model.json`` content."""
     g, p = metrics["global"], metrics["protocol"]
@@ -117,7 +125,7 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         f"- Images: {model_meta['data_summary']['n_images']} in {len(classes)} classes ({', '.join(classes)}), "
         f"{model_meta['data_summary']['n_groups']} patient groups.",
         f"- Protocol: {p['description']}",
-        "- Backbones (frozen): " + ", ".join(f"{b['name']} ({b['weights']})" for b in model_meta["backbones"])
+        "- Backbones (frozen): " + ", ".join(_backbone_line(b) for b in model_meta["backbones"])
         + f", input {model_meta['input_size']} px.",
         f"- Classifier: {metrics.get('classifier', 'fused head + XGBoost')}"
         + ("; the model in the bundle is refitted on all images." if metrics.get("folds") else "."),

@@ -67,6 +67,22 @@ def head_strategy(r: dict) -> str:
     return f"{strategy}, {heads} heads averaged" if heads > 1 else (f"{strategy}, 1 head" if strategy == "fedsgd" else strategy)
 
 
+def is_imagenet(r: dict) -> bool:
+    """A result with at least one ImageNet backbone (its per-backbone weights are recorded)."""
+    return r.get("weights") in ("pretrained", "mixed") or any(
+        w != "random" for w in (first_run(r).get("backbone_weights") or {}).values())
+
+
+def weights_cell(r: dict) -> str:
+    """Each backbone and its weights, short: ``Xception: ImageNet (Keras)``; ``random`` for all-random rows."""
+    per = first_run(r).get("backbone_weights") or r.get("backbone_weights")
+    if not per:
+        return str(r.get("weights", "random"))
+    short = {"legacy_xception": "Xception", "inception_v3": "InceptionV3"}
+    label = {"imagenet (keras)": "ImageNet (Keras)", "imagenet (timm)": "ImageNet (timm)", "random": "random"}
+    return " + ".join(f"{short.get(n, n)}: {label.get(w, w)}" for n, w in per.items())
+
+
 def run_table(columns: list[str], runs: dict[str, dict], row) -> list[str]:
     """A markdown table with one row per run; a failed run gets its error in the column after the name."""
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -84,12 +100,12 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
         gap = cv.get("gap_points", {}).get("pooled")
         comm = first_run(r).get("communication", {})
         rounds = comm.get("rounds", 0) * (comm.get("head_members") or 1)
-        return [r["partition"]["scheme"], head_strategy(r), str(rounds or "?"), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
+        return [weights_cell(r), r["partition"]["scheme"], head_strategy(r), str(rounds or "?"), classifier(r), pct(fed["accuracy"]), ci(fed["accuracy_ci95"]),
                 f"{pct(fed['fold_mean'])} ± {100 * fed['fold_sd']:.1f}",
                 f"{pct(head.get('accuracy'))} / {pct(xgb.get('accuracy'))} / {pct(sel.get('accuracy'))}",
                 "-" if gap is None else f"{gap:+.1f}", "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
 
-    return run_table(["run", "partition", "head strategy", "synchronous head rounds (per fold)", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
+    return run_table(["run", "backbones: weights", "partition", "head strategy", "synchronous head rounds (per fold)", "classifier", "accuracy (pooled over 5 folds)", "95% CI (Wilson)", "fold mean ± sd",
                       "centralized, same folds: head / XGBoost / chosen by validation",
                       "gap to centralized, same classifier rule (points)", "DP epsilon spent (max)", "wall time (5 runs)"], runs, row)
 
@@ -97,12 +113,12 @@ def cv_table(runs: dict[str, dict]) -> list[str]:
 def federated_table(runs: dict[str, dict]) -> list[str]:
     def row(r: dict) -> list[str]:
         ref, eps = r["centralized_reference"], _eps(r["privacy"])
-        return [r["partition"]["scheme"], str(r["seed"]), head_strategy(r), classifier(r), pct(r["accuracy"]),
+        return [weights_cell(r), r["partition"]["scheme"], str(r["seed"]), head_strategy(r), classifier(r), pct(r["accuracy"]),
                 ci(r["accuracy_ci95"]),
                 " / ".join(pct(ref.get(k, {}).get("accuracy")) for k in ("head_softmax", "xgboost", "selected")),
                 "-" if eps is None else f"{eps:.2f}", f"{r['wall_s']:.0f} s"]
 
-    return run_table(["run", "partition", "seed", "head strategy", "classifier", "accuracy", "95% CI (Wilson)",
+    return run_table(["run", "backbones: weights", "partition", "seed", "head strategy", "classifier", "accuracy", "95% CI (Wilson)",
                       "centralized, same splits: head / XGBoost / chosen by validation", "DP epsilon spent (max over sites)",
                       "wall time"], runs, row)
 
@@ -134,7 +150,7 @@ ORDER = ("iid", "dirichlet", "labelskew", "bagging_iid", "bagging_dirichlet", "d
 
 def display_order(path: Path) -> tuple[int, str]:
     """Rows in reading order: the partitions, then bagging, then DP from the weakest to the strongest privacy."""
-    name = path.stem.removeprefix("fed_").removesuffix("_cv")
+    name = path.stem.removeprefix("fed_").removeprefix("imagenet_").removesuffix("_cv")
     base = next((i for i, k in enumerate(ORDER) if name == k or name.startswith(k + "_")), len(ORDER))
     return base, path.stem
 
@@ -172,7 +188,8 @@ def _save(fig, name: str) -> str:  # noqa: ANN001
     return name
 
 
-def plot_partitions(cv_runs: dict[str, dict]) -> str | None:
+def plot_partitions(cv_runs: dict[str, dict], weights: str = "random weights", png: str = "partition.png",
+                    ylim: tuple[float, float] = (0.7, 0.95)) -> str | None:
     """Federated vs centralized (same folds, same classifier rule) for each partition of the non-DP, histogram CV runs."""
     rows = [(r["partition"]["scheme"], r) for name, r in cv_runs.items()
             if "cv" in r and not r.get("privacy") and r.get("xgb_mode", "histogram") != "bagging"]
@@ -188,13 +205,14 @@ def plot_partitions(cv_runs: dict[str, dict]) -> str | None:
                     [r["cv"][key]["accuracy_ci95"][1] - v for v, (_, r) in zip(vals, rows)]]
         ax.bar([j + (i - 0.5) * 0.38 for j in x], vals, width=0.38, yerr=errs, capsize=3, label=label)
     ax.set_xticks(list(x), [scheme for scheme, _ in rows])
-    ax.set(ylim=(0.7, 0.95), ylabel="accuracy (pooled over 5 folds)", xlabel="partition of the images over 4 sites",
-           title="Accuracy vs partition (random weights): federated and centralized, same folds")
+    ax.set(ylim=ylim, ylabel="accuracy (pooled over 5 folds)", xlabel="partition of the images over 4 sites",
+           title=f"Accuracy vs partition ({weights}): federated and centralized, same folds")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, "partition.png")
+    return _save(fig, png)
 
 
-def plot_dp(cv_runs: dict[str, dict]) -> str | None:
+def plot_dp(cv_runs: dict[str, dict], weights: str = "random weights", png: str = "dp.png", no_dp: str = "iid_cv") -> str | None:
     """Accuracy against the DP budget (grouped 5-fold CV), with the non-DP IID run as the epsilon = infinity reference."""
     dp = sorted(((_eps(r["privacy"]), r) for r in cv_runs.values() if r.get("privacy") and "cv" in r), key=lambda t: t[0])
     if not dp:
@@ -205,15 +223,16 @@ def plot_dp(cv_runs: dict[str, dict]) -> str | None:
     soft = [(e, r["cv"]["federated_head_softmax"]["accuracy"]) for e, r in dp if "federated_head_softmax" in r["cv"]]
     if soft:
         ax.plot([e for e, _ in soft], [a for _, a in soft], "s--", label="DP-trained head softmax alone")
-    iid = cv_runs.get("iid_cv")
+    iid = cv_runs.get(no_dp)
     if iid and "cv" in iid:
         ax.axhline(iid["cv"]["federated"]["accuracy"], color="grey", ls=":", label="no DP (IID, same folds)")
     ax.set(xscale="log", xlabel="epsilon spent per site (max over sites, delta 1e-5)", ylabel="accuracy (pooled over 5 folds)",
-           title="Accuracy vs DP budget (IID, 4 sites, random weights)")
+           title=f"Accuracy vs DP budget (IID, 4 sites, {weights})")
+    ax.title.set_fontsize(9)
     ax.set_xticks(eps, [f"{e:.1f}" for e in eps])
     ax.minorticks_off()
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, "dp.png")
+    return _save(fig, png)
 
 
 def plot_embed(embed: dict) -> str:
@@ -311,6 +330,64 @@ def deployment_section(deps: list[dict], fvc: dict | None) -> list[str]:
     return lines
 
 
+def cross_site_table(d: dict, title: str) -> list[str]:
+    cols = list(next(iter(d["cross_site"].values())))
+    out = [title, "", "| site | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
+    for site, row in d["cross_site"].items():
+        out.append(f"| {site} | " + " | ".join(pct(v) for v in row.values()) + " |")
+    return out + [""]
+
+
+def imagenet_section(runs: dict[str, dict], central: dict | None) -> list[str]:
+    """The product's numbers: Keras' ImageNet Xception (stage-weights --from-keras), InceptionV3 random where fused."""
+    variants = {k: v for k, v in ((central or {}).get("variants") or {}).items() if is_imagenet(v) and "accuracy" in v}
+    cv = {k: v for k, v in runs.items() if "cv" in v or ("error" in v and k.endswith("_cv"))}
+    single = {k: v for k, v in runs.items() if k not in cv}
+    lines = ["## ImageNet Xception (Keras' ImageNet weights, converted offline)", "",
+             "Weights: Keras' ImageNet Xception from `../shared/weights/keras/` (a Keras 3 model file shipped in a public PyPI "
+             "package; its Xception variables are Keras' ImageNet weights, unchanged), converted with `xincept-client "
+             "stage-weights --from-keras FILE --out W`. No ImageNet InceptionV3 exists on this machine: where a row fuses "
+             "InceptionV3, that backbone has seeded random weights (`--random-backbones inception_v3`) and says so.", ""]
+    if variants:
+        lines += ["Centralized, grouped stratified 5-fold CV pooled over all images (`python bench/centralized.py "
+                  "--weights-dir W`; details in the centralized table below):", "",
+                  "| variant | backbones: weights | input | accuracy | 95% CI | head softmax |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {weights_cell(v)} | {v.get('input_size', 224)} px | **{pct(v['accuracy'])}** | {ci(v['ci95'].get('accuracy'))} | "
+                  f"{pct(v['head_softmax'])} |" for k, v in variants.items()]
+        lines.append("")
+    if cv:
+        lines += ["Federated, grouped 5-fold CV inside every site, 4 simulated sites (protocol as in the random-weight section "
+                  "below; the centralized reference trains on each fold's pooled training splits and is scored on the same "
+                  "images). Command: `XINCEPT_BENCH_WEIGHTS=W bash bench/run_all.sh CACHE` (rows `fed_imagenet_*`).", ""]
+        lines += cv_table(cv)
+        lines += ["", "Per-fold accuracy, federated (points of gap, centralized minus federated):", ""]
+        for name, r in cv.items():
+            gap = r.get("cv", {}).get("gap_points")
+            if gap:
+                fed = r["cv"]["federated"]["fold_accuracy"]
+                lines.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
+        lines.append("")
+        png = plot_partitions(cv, "ImageNet Xception", "partition_imagenet.png", ylim=(0.85, 1.0))
+        if png:
+            lines += [f"![accuracy vs partition, ImageNet Xception]({png})", ""]
+        dp_rows = [r for r in cv.values() if r.get("privacy") and "cv" in r]
+        if dp_rows:
+            lines += ["DP rows: DP-SGD on the head rounds at each site (the epsilon each site spent, delta 1e-5); the XGBoost "
+                      "phase learns without DP noise (`privacy_scope` in `metrics.json`). The DP-trained head's softmax alone: "
+                      + ", ".join(f"{k} {pct(r['cv']['federated_head_softmax']['accuracy'])}" for k, r in cv.items()
+                                  if r.get("privacy") and "federated_head_softmax" in r.get("cv", {})) + ".", ""]
+            png = plot_dp(cv, "ImageNet Xception", "dp_imagenet.png", no_dp="imagenet_iid_cv")
+            if png:
+                lines += [f"![accuracy vs epsilon, ImageNet Xception]({png})", ""]
+    if single:
+        lines += ["Single split (fold 0), with leave-one-site-out models:", ""] + federated_table(single) + [""]
+        for name, r in single.items():
+            if r.get("cross_site"):
+                lines += cross_site_table(r, f"Cross-site validation ({name}: each column a model, each row the site that "
+                                                "scored it; only aggregate counts left the sites)")
+    return lines
+
+
 def result_dates() -> list[str]:
     """When each result file was last written: its last commit's date, or "this regeneration" where it is uncommitted."""
     import subprocess
@@ -335,7 +412,9 @@ def result_dates() -> list[str]:
 
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
-    runs = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"), key=display_order)}
+    every = {p.stem.removeprefix("fed_"): json.loads(p.read_text()) for p in sorted(RES.glob("fed_*.json"), key=display_order)}
+    imagenet_runs = {k: v for k, v in every.items() if k.startswith("imagenet_") or is_imagenet(v)}
+    runs = {k: v for k, v in every.items() if k not in imagenet_runs}  # the random-weight sections
     central, dp, scale, embed = load("centralized"), load("dp"), load("scale"), load("embed")
     ablation = load("ablation")
     scale32 = load("scale_32")
@@ -344,29 +423,33 @@ def main() -> None:
     lines = ["# Results", "",
              "Every number below comes from the JSON files in `bench/results/`, written by `bash bench/run_all.sh` "
              "(one command per table is given with each table) and turned into this page by `python bench/make_results.py`.",
-             "", "> **Random weights.** No ImageNet weights can be downloaded on the machine that produced these numbers: every backbone "
-             "has seeded random weights (`--no-pretrained`), input 224 px. The numbers measure the pipeline and the protocols, "
-             "not a clinical model; with pretrained weights accuracy is expected to be higher.", "",
+             "", "> **Weights.** Every row names its backbones' weights. ImageNet rows use Keras' ImageNet Xception converted "
+             "offline (`stage-weights --from-keras`); InceptionV3 is random wherever it appears (no ImageNet InceptionV3 on this "
+             "machine). Rows labelled random have seeded random weights (`--no-pretrained`): they measure the pipeline and the "
+             "protocols, not a clinical model. Input 224 px unless a row says otherwise.", "",
              "Data: `../shared/datasets/all4` (2,572 images, 2,535 unique; Benign, Early, Pre, Pro). Seed 0 unless a table says otherwise. "
              "Machine: x86_64, 2 cores, 24 GB, no GPU.", ""]
     lines += ["## Literature (not comparable with our columns)", "",
               "| source | accuracy | protocol |", "|---|---|---|",
               "| Khan 2024 (thesis), XIncept-ALL | 99.0% | ImageNet-pretrained backbones, image-level random split (images of one patient on both sides), 10-fold CV |", ""]
+    if imagenet_runs or any(is_imagenet(v) for v in ((central or {}).get("variants") or {}).values()):
+        lines += imagenet_section(imagenet_runs, central)
     if central:
-        lines += ["## Centralized: fusion vs each backbone, and the classifier comparison", "",
+        lines += ["## Centralized: fusion vs each backbone, random and ImageNet weights, and the classifier comparison", "",
                   "Protocol: grouped stratified 5-fold CV (groups: runs of 25 consecutive file numbers + exact duplicates; "
                   "103 groups); metrics pooled over out-of-fold predictions; 95% intervals from a bootstrap over groups.", "",
-                  "Command: `python bench/centralized.py --cache-dir CACHE`", "",
+                  "Command: `python bench/centralized.py --cache-dir CACHE [--weights-dir W]` (W: `xincept-client stage-weights "
+                  "--from-keras FILE --out W`; the `imagenet_*` rows; InceptionV3 random in them, labelled)", "",
                   "The shipped classifier is XGBoost on the head branches' 64-wide activations, boosting from the head's "
                   "logits (`--select-classifier xgboost --xgb-features branches --xgb-margin head`, the defaults); the head's "
                   "softmax beside it. Same recipe and settings for every row, only `--backbones` "
                   "differs. Peak memory: RSS of the process tree.", "",
-                  "| backbones | accuracy (shipped classifier) | 95% CI | macro F1 | AUC | XGBoost | head softmax | chosen | wall time | peak memory |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | weights | input | accuracy (shipped classifier) | 95% CI | macro F1 | AUC | XGBoost | head softmax | chosen | wall time | peak memory |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in central["variants"].items():
             if "accuracy" in v:
                 chosen = ", ".join(f"{n} x {c}" for c, n in sorted(Counter(v["classifier_chosen"]).items()))
-                lines.append(f"| {name} | {pct(v['accuracy'])} | {ci(v['ci95'].get('accuracy'))} | {pct(v['macro_f1'])} | {pct(v['auc_ovr'])} | "
+                lines.append(f"| {name} | {weights_cell(v)} | {v.get('input_size', 224)} px | {pct(v['accuracy'])} | {ci(v['ci95'].get('accuracy'))} | {pct(v['macro_f1'])} | {pct(v['auc_ovr'])} | "
                              f"{pct(v['xgboost'])} | {pct(v['head_softmax'])} | {chosen} | {v['wall_s']:.0f} s | "
                              f"{v['peak_rss_mb'] / 1000:.1f} GB |")
         comp = central["variants"].get("fusion", {}).get("comparison", {})
@@ -377,7 +460,7 @@ def main() -> None:
     cv_runs = {k: v for k, v in runs.items() if "cv" in v or ("error" in v and k.endswith("_cv"))}
     split_runs = {k: v for k, v in runs.items() if k not in cv_runs}
     if cv_runs:
-        lines += ["## Federated, grouped 5-fold cross-validation (4 simulated sites, Flower simulation engine)", "",
+        lines += ["## Federated, grouped 5-fold cross-validation (4 simulated sites, Flower simulation engine; random weights)", "",
                   "Protocol: inside every site, the images are split into 5 grouped stratified folds (groups: runs of 25 consecutive "
                   "file numbers + exact duplicates); run K holds out every site's fold K for testing and a grouped 15% of the rest "
                   "for validation (round and XGBoost early stopping), and trains on the remainder. Accuracy is pooled over the five "
@@ -470,11 +553,7 @@ def main() -> None:
                       ""]
         d = runs.get("dirichlet")
         if d and d.get("cross_site"):
-            lines += ["### Cross-site validation (Dirichlet 0.5, fold 0)", "", "| site | " + " | ".join(next(iter(d["cross_site"].values()))) + " |",
-                      "|---" * (1 + len(next(iter(d["cross_site"].values())))) + "|"]
-            for site, row in d["cross_site"].items():
-                lines.append(f"| {site} | " + " | ".join(pct(v) for v in row.values()) + " |")
-            lines.append("")
+            lines += cross_site_table(d, "### Cross-site validation (Dirichlet 0.5, fold 0, random weights)")
     if dp:
         lines += ["## Cost of DP-SGD per epoch", "", "Command: `python bench/dp.py`", "",
                   f"Plain epoch {dp['plain_epoch_s']:.3f} s, DP epoch {dp['dp_epoch_s']:.3f} s: **{dp['dp_over_plain']}x** "

@@ -126,7 +126,10 @@ class FedSettings:
         if self.xgb_features == "fused":
             raise SettingError("xgb-features fused: federated XGBoost on the raw 4,096 pooled features would send histograms "
                                "of every one of them every tree level; choose branches, embedding or logits")
-        self.run_config()  # checks the backbone settings (random-backbones among the backbones)
+        unknown = set(self.random_backbones.split(",")) - set(self.backbones.split(",")) - {""}
+        if unknown:
+            raise SettingError(f"random-backbones {','.join(sorted(unknown))}: not among the backbones ({self.backbones}); "
+                               "name only backbones the run uses")
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
 

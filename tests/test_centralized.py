@@ -50,7 +50,10 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert meta["classifier"]["kind"] == {"xgboost": "xgboost", "head_softmax": "head-softmax"}[chosen]
     assert (out / "model" / "xgb.json").is_file() == (chosen == "xgboost")
 
-    metrics = json.loads((out / "metrics.json").read_text())
+    from xincept.common.strict_json import loads_strict
+
+    metrics = loads_strict((out / "metrics.json").read_text())  # strict JSON: no NaN or Infinity tokens
+    loads_strict((out / "model" / "model.json").read_text())
     g = metrics["global"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "per_class", "confusion", "ci95"):
         assert key in g

@@ -104,9 +104,9 @@ def check_format(fmt: str) -> str:
 
 
 def stdout_json(obj: Any) -> None:
-    import json
+    from xincept.common.strict_json import dumps
 
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")
 
 
 def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]]) -> typer.Typer:

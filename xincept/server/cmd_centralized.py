@@ -57,6 +57,7 @@ def centralized(
     setup_logging(verbose)
     from xincept.common.config import (AugmentConfig, BackboneConfig, HeadConfig, RunConfig, SplitConfig, XGBConfig,
                                        default_cache_dir, head_recipe_changes)
+    from xincept.common.report import metric_text
     from xincept.common.site import weights_label
     from xincept.server.centralized import run_centralized
 
@@ -75,8 +76,8 @@ def centralized(
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]
     typer.echo(
-        f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {100 * g['macro_f1']:.1f}%, "
-        f"AUC {100 * (g['auc_ovr'] or 0):.1f}% [{metrics['protocol']['kind']}, weights: {weights_label(metrics)}]\n"
+        f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {metric_text(g, 'macro_f1')}, "
+        f"AUC {metric_text(g, 'auc_ovr')} [{metrics['protocol']['kind']}, weights: {weights_label(metrics)}]\n"
         f"classifier per fold: {', '.join(metrics['classifier_chosen'])} (XGBoost alone "
         f"{100 * metrics['xgboost']['accuracy']:.1f}%, head softmax alone {100 * metrics['head_softmax']['accuracy']:.1f}%)\n"
         f"wrote {Path(out) / 'model'}, {Path(out) / 'metrics.json'}, {Path(out) / 'report.md'}"

@@ -236,8 +236,13 @@ def privacy_plot(privacy: dict[str, dict[str, float]], target: float) -> bytes:
     return _png(plt, fig)
 
 
-def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dict[str, str]:
-    """Write every plot the metrics allow into ``folder``; returns {caption: file name}."""
+def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path, marks: list[str] | None = None) -> dict[str, str]:
+    """Write every plot the metrics allow into ``folder``; returns {caption: file name}.
+
+    ``marks`` (random weights, synthetic data: xincept.common.marks) are stamped into every PNG.
+    """
+    from xincept.common.marks import stamp_png
+
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
     settings = metrics.get("settings", {})
@@ -276,7 +281,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
                      lambda: privacy_plot(metrics["privacy"], float(settings.get("dp-epsilon", 0)))))
     for caption, name, draw in jobs:
         try:
-            (folder / name).write_bytes(draw())
+            (folder / name).write_bytes(stamp_png(draw(), marks or []))
             made[caption] = name
         except (ValueError, KeyError, TypeError) as exc:  # a plot must never cost the run its outputs
             log.warning("could not draw %s: %s", name, exc)

@@ -220,7 +220,9 @@ def write_reports(out: Path, title: str, metrics: dict[str, Any], model_meta: di
     from xincept.common.atomic import write_text_atomic
     from xincept.common.plots import make_plots
 
-    plots = make_plots(metrics, list(model_meta["classes"]), out / "plots")
+    from xincept.common.marks import marks_for
+
+    plots = make_plots(metrics, list(model_meta["classes"]), out / "plots", marks_for(model_meta))
     text = render_report(title, metrics, model_meta, plots)
     write_text_atomic(out / "report.md", text)
     write_text_atomic(out / "report.html", render_html(text, out, title))

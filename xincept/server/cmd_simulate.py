@@ -69,6 +69,10 @@ def simulate(
     from xincept.common.site import weights_label
     from xincept.server.simulate import run_simulated_federation
 
+    from xincept.common.errors import SettingError
+
+    if sites < 1:
+        raise SettingError(f"--sites {sites}: give 1 or more simulated sites")
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
                                 group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
                                 disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),

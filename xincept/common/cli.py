@@ -109,12 +109,45 @@ def stdout_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj, indent=2) + "\n")
 
 
+def version_text() -> str:
+    """``xincept-all X (flwr Y, torch Z, timm W, xgboost V)`` from the installed distributions, without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"xincept-all {v('xincept-all')} (flwr {v('flwr')}, torch {v('torch')}, timm {v('timm')}, xgboost {v('xgboost')})"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
 def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]]) -> typer.Typer:
-    """A typer app with one sub-command per entry (always a command group, even with one command)."""
-    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    """A typer app with one sub-command per entry (always a command group, even with one command).
+
+    Help is click's plain format: it wraps to the terminal's width and never cuts an option's text short.
+    """
+    import typer.core
+
+    # typer formats help with rich whenever rich is installed: its fixed-width table cuts paths and words with "…" at
+    # 80 columns, and even plain help gets "\\[default: ...]" escapes; typer reads this flag at format time
+    typer.core.HAS_RICH = False
+    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      rich_markup_mode=None)
     for command_name, fn in commands.items():
         app.command(command_name)(fn)
-    app.callback()(lambda: None)
+
+    def root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                   help="Print the versions of xincept and its engines, and exit.")] = False) -> None:
+        """XIncept-ALL."""
+
+    app.callback()(root)
     return app
 
 

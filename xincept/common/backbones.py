@@ -111,7 +111,7 @@ def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str, dic
     import torch
 
     if cfg.is_random(name):
-        log.warning("%s", random_warning([name]))
+        log.debug("%s", random_warning([name]))  # the command warns once (xincept.common.cli.warn_random_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_name_seed(name))
             return timm.create_model(name, pretrained=False, num_classes=0), "random", None
@@ -254,6 +254,6 @@ def remembered_backbones(cfg: BackboneConfig, cache_root: Path) -> list[Backbone
         if d.get("name") != name:
             return None
         if b.weights == "random":
-            log.warning("%s", random_warning([name]))
+            log.debug("%s", random_warning([name]))  # the command warns once (xincept.common.cli.warn_random_weights)
         out.append(b)
     return out

@@ -97,5 +97,6 @@ def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = Non
         emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
         remember_backbones(backbones, cfg.backbone, cfg.cache_dir)
     seconds = time.perf_counter() - t0
-    log.info("embeddings ready: %d images, %d computed now, %.1f s", len(data.records), emb.computed, seconds)
+    log.log(logging.INFO if emb.computed else logging.DEBUG, "embeddings ready: %d images, %d computed now, %.1f s",
+            len(data.records), emb.computed, seconds)
     return EmbeddedSite(data=data, backbones=backbones, embeddings=emb, embed_seconds=seconds)

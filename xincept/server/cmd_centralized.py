@@ -11,6 +11,7 @@ import typer
 from xincept.common.cli import (
     AllowOutsideOpt, BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
     NoPretrainedOpt, OutOpt, PrecisionOpt, RandomBackbonesOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging,
+    warn_random_weights,
     split_names,
 )
 from xincept.common.config import THESIS_BACKBONES
@@ -71,6 +72,7 @@ def centralized(
         augment=AugmentConfig(views=augment_views, seed=seed),
         cache_dir=cache_dir or default_cache_dir(),
     )
+    warn_random_weights(cfg.backbone.names, cfg.backbone.pretrained, cfg.backbone.random_backbones)
     metrics = run_centralized(data, out, cfg, split_names(classes), manifest, compare=compare,
                               allow_outside=allow_outside_paths)
     g = metrics["global"]

@@ -104,7 +104,10 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         if acc is None or loss is None:  # no validation images released: this round cannot be chosen
             log.warning("%s round %d/%d: no validation counts", label, rec["round"], settings.rounds)
             return
-        log.info("%s round %d/%d: val accuracy %.3f, loss %.4f", label, rec["round"], settings.rounds, acc, loss)
+        r = rec["round"]  # every round in metrics.json and with -v; on screen the global model's first, every 10th, last
+        shown = label == "global" and (r in (1, settings.rounds) or r % 10 == 0)
+        log.log(logging.INFO if shown else logging.DEBUG,
+                "%s round %d/%d: val accuracy %.3f, loss %.4f", label, r, settings.rounds, acc, loss)
         if (acc, -loss) > best_key:  # ties: lower loss, as in centralized early stopping
             best_state, best_key, result.selected_round = ({k: v.clone() for k, v in evaluated.items()}, (acc, -loss),
                                                            rec["round"])

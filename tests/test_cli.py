@@ -57,7 +57,8 @@ def test_offline_without_staged_weights_names_the_expected_file(image_dir: Path,
     wd = tmp_path / "weights"
     wd.mkdir()
     res = runner.invoke(server_app, ["centralized", "--data", str(image_dir), "--out", str(tmp_path / "o"), "--weights-dir", str(wd),
-                                     "--backbones", "test_resnet,test_efficientnet", "--cache-dir", str(tmp_path / "c")])
+                                     "--backbones", "test_resnet,test_efficientnet", "--cache-dir", str(tmp_path / "c"),
+                                     "--group-block", "1"])
     assert res.exit_code == 2
     assert "test_resnet.safetensors" in res.output and "stage-weights" in res.output
 

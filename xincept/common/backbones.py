@@ -80,8 +80,11 @@ def staging_hint(name: str, weights_dir: Path | None) -> str:
         f"stage it on a connected machine with `xincept-client stage-weights --out {target}` "
         f"(writes {staged_weights_file(target, name)}), copy the folder to this machine and pass "
         f"--weights-dir {target} (or set {WEIGHTS_ENV}); for Xception, `xincept-client stage-weights --from-keras FILE --out "
-        f"{target}` converts Keras' ImageNet weights offline; to keep only {name} random while the others load their weights, "
-        f"pass --random-backbones {name}; or run with --no-pretrained for random weights (not for clinical use)"
+        f"{target}` converts Keras' ImageNet weights offline; "
+        + ("without ImageNet InceptionV3 weights, run Xception alone (--backbones legacy_xception; the README says why) or "
+           if name == "inception_v3" else "")
+        + f"to keep only {name} random while the others load their weights, pass --random-backbones {name}; or run with "
+        "--no-pretrained for random weights (not for clinical use)"
     )
 
 

@@ -330,6 +330,17 @@ def deployment_section(deps: list[dict], fvc: dict | None) -> list[str]:
     return lines
 
 
+def fold_gap_lines(runs: dict[str, dict]) -> list[str]:
+    """One line per CV run: each fold's federated accuracy and its gap to centralized on the same folds."""
+    out = []
+    for name, r in runs.items():
+        gap = r.get("cv", {}).get("gap_points")
+        if gap:
+            fed = r["cv"]["federated"]["fold_accuracy"]
+            out.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
+    return out
+
+
 def cross_site_table(d: dict, title: str) -> list[str]:
     cols = list(next(iter(d["cross_site"].values())))
     out = [title, "", "| site | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
@@ -361,12 +372,7 @@ def imagenet_section(runs: dict[str, dict], central: dict | None) -> list[str]:
                   "images). Command: `XINCEPT_BENCH_WEIGHTS=W bash bench/run_all.sh CACHE` (rows `fed_imagenet_*`).", ""]
         lines += cv_table(cv)
         lines += ["", "Per-fold accuracy, federated (points of gap, centralized minus federated):", ""]
-        for name, r in cv.items():
-            gap = r.get("cv", {}).get("gap_points")
-            if gap:
-                fed = r["cv"]["federated"]["fold_accuracy"]
-                lines.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
-        lines.append("")
+        lines += fold_gap_lines(cv) + [""]
         png = plot_partitions(cv, "ImageNet Xception", "partition_imagenet.png", ylim=(0.85, 1.0))
         if png:
             lines += [f"![accuracy vs partition, ImageNet Xception]({png})", ""]
@@ -479,11 +485,7 @@ def main() -> None:
                       + ", ".join(f"{k} {pct(r['cv']['federated_head_softmax']['accuracy'])}" for k, r in cv_runs.items()
                                   if r.get("privacy") and "federated_head_softmax" in r.get("cv", {})) + "."]
         lines += ["", "Per-fold accuracy, federated vs centralized with the same classifier rule (points of gap, centralized minus federated):", ""]
-        for name, r in cv_runs.items():
-            gap = r.get("cv", {}).get("gap_points")
-            if gap:
-                fed = r["cv"]["federated"]["fold_accuracy"]
-                lines.append(f"- {name}: " + ", ".join(f"fold {k}: {100 * a:.1f}% ({g:+.1f})" for k, (a, g) in enumerate(zip(fed, gap["fold"]))))
+        lines += fold_gap_lines(cv_runs)
         lines += ["", f"![accuracy]({plot_accuracy(cv_runs, central)})", ""]
         partition_png = plot_partitions(cv_runs)
         if partition_png:

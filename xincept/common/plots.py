@@ -141,7 +141,7 @@ def reliability_plot(m: dict[str, Any], title: str = "Reliability, all sites") -
 
 def _site_grid(sites: dict[str, dict[str, Any]], key: str, draw) -> bytes:  # noqa: ANN001
     """One panel per site that released ``key`` (ROC or reliability), drawn by ``draw(ax, metrics, title)``."""
-    shown = {s: m for s, m in sorted(sites.items()) if m.get(key)}
+    shown = {s: m for s, m in sorted(sites.items()) if key in m}  # a panel that shows what was withheld counts too
     if not shown:
         raise ValueError(f"no site released {key} counts")
     cols = min(len(shown), 4)
@@ -254,7 +254,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path, marks:
                      lambda: confusion_plot(metrics["sites"], classes, int(settings.get("min-cell-count", 5)))))
     federated = bool(metrics.get("sites"))
     glob = metrics.get("global", {})
-    if glob.get("roc"):
+    if "roc" in glob:  # drawn even when every class's curve was withheld: the legend says which and why
         jobs.append(("One-vs-rest ROC curves per class" + (", all sites (from released histograms)" if federated else
                                                             ", out-of-fold predictions"),
                      "roc.png", lambda: roc_plot(glob, exact=not federated)))
@@ -262,7 +262,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path, marks:
         jobs.append(("Reliability diagram" + (", all sites (hatched: bins withheld)" if federated else ", out-of-fold"),
                      "reliability.png", lambda: reliability_plot(glob, "Reliability, all sites" if federated else
                                                                  "Reliability, out-of-fold")))
-    if federated and any(m.get("roc") for m in metrics["sites"].values()):
+    if federated and any("roc" in m for m in metrics["sites"].values()):
         jobs.append(("ROC curves per class at each site (test split, released histograms)", "roc_sites.png",
                      lambda: roc_sites_plot(metrics["sites"])))
     if federated and any(m.get("reliability") for m in metrics["sites"].values()):

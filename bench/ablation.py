@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from xincept.common.strict_json import dumps as strict_dumps
 
 THESIS = ("legacy_xception", "inception_v3")
 # Variants: HeadConfig changes against the defaults, plus "branches" (which backbones), "recipe": "algorithm1" (thesis
@@ -207,8 +208,8 @@ def main() -> None:
                                                XGB_INPUTS if name == "defaults" else ())}
         print(f"{name}: {out['variants'][name]['head_softmax']['accuracy']:.4f}", file=sys.stderr, flush=True)
         if args.partial:
-            args.partial.write_text(json.dumps(out, indent=1))
-    print(json.dumps(out, indent=1))
+            args.partial.write_text(strict_dumps(out, indent=1))
+    print(strict_dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import run_measured  # noqa: E402
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 
 X, I = "legacy_xception", "inception_v3"
 # name: (backbones, input size, ImageNet weights?)
@@ -83,9 +84,9 @@ def main() -> None:
         rows = json.loads(args.merge.read_text()).get("variants", {})
     for name in names:
         rows[name] = run_variant(name, args)
-        print(json.dumps({name: rows[name]}), file=sys.stderr)
+        print(strict_dumps({name: rows[name]}), file=sys.stderr)
     rows = {n: rows[n] for n in VARIANTS if n in rows}
-    print(json.dumps({"folds": args.folds, "seed": 0,
+    print(strict_dumps({"folds": args.folds, "seed": 0,
                       "weights": "per variant: backbone_weights names each backbone's (random or imagenet (keras))",
                       "variants": rows}, indent=1))
 

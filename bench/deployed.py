@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import _tree_memory_mb  # noqa: E402
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 # the three sites share this machine's cores, as the simulation's sites do: Ray gives each simulated site a share of
@@ -197,7 +198,7 @@ def main() -> None:
         result["ratio_wall"] = round(deployed["wall_s"] / simulated["wall_s"], 2)
         if deployed["median_later_round_s"] and simulated["median_later_round_s"]:
             result["ratio_median_later_round"] = round(deployed["median_later_round_s"] / simulated["median_later_round_s"], 2)
-    print(json.dumps(result, indent=1))
+    print(strict_dumps(result, indent=1))
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)
 

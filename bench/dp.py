@@ -12,7 +12,6 @@ path (one backward per image, as a loop) costs on a small slice, to show why hoo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 os.environ.setdefault("XINCEPT_NO_PROGRESS", "1")
 
 from xincept.common.config import HeadConfig  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
             dp.append(times[0])
             hooks.append(times[1])
     naive = naive_per_sample_epoch(feats, y, cfg, 64) * args.images
-    print(json.dumps({
+    print(strict_dumps({
         "images": args.images, "feature_width": [2048, 2048], "batch_size": cfg.batch_size, "threads": args.threads,
         "plain_epoch_s": round(statistics.median(plain), 4), "dp_epoch_s": round(statistics.median(dp), 4),
         "dp_over_plain": round(statistics.median(dp) / statistics.median(plain), 2),

@@ -12,7 +12,6 @@ on float32 features, same folds. Backbones use random weights unless --weights-d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 os.environ.setdefault("XINCEPT_NO_PROGRESS", "1")
 
 from xincept.common.backbones import load_backbones  # noqa: E402
@@ -174,7 +174,7 @@ def main() -> None:
     head_fast = [cv_accuracy(fast_feats, y, groups, s) for s in seeds]
     head_ref = [cv_accuracy(ref_feats, y, groups, s) for s in seeds]
 
-    print(json.dumps({
+    print(strict_dumps({
         "data": str(args.data) if not synthetic else "synthetic (generated)",
         "weights": "random (--no-pretrained)",
         "images_timed": n,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import run_measured  # noqa: E402
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
                 if "communication" in m:
                     row["rounds"] = m["communication"].get("rounds")
             rows[name] = row
-            print(json.dumps({name: row}), file=sys.stderr, flush=True)
+            print(strict_dumps({name: row}), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     central = rows["centralized"]["wall_s"]
@@ -63,7 +64,7 @@ def main() -> None:
               "runs": rows,
               "ratio_federated_to_centralized": round(rows["federated"]["wall_s"] / central, 2),
               "ratio_with_loso_and_reference": round(rows["federated_with_loso_and_reference"]["wall_s"] / central, 2)}
-    print(json.dumps(result, indent=1))
+    print(strict_dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import run_measured  # noqa: E402
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 
 
 def summarize(name: str, metrics: dict, measured: dict, args: argparse.Namespace, extra: list[str]) -> dict:
@@ -115,7 +116,7 @@ def run_one(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     if measured["exit_code"] != 0:
         log = out.parent / f"{out.name}.log"
         reason = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip().startswith("error:")]
-        print(json.dumps({"name": args.name, "error": (reason[-1] if reason else f"simulate exited {measured['exit_code']}"),
+        print(strict_dumps({"name": args.name, "error": (reason[-1] if reason else f"simulate exited {measured['exit_code']}"),
                           "log": str(log), **measured}))
         sys.exit(1)
     return summarize(args.name, json.loads((out / "metrics.json").read_text()), measured, args, extra)
@@ -136,10 +137,10 @@ def main() -> None:
     extra = [e for e in extra if e != "--"]
     out = args.out or Path(tempfile.mkdtemp(prefix=f"bench-{args.name}-"))
     if args.folds <= 1:
-        print(json.dumps(run_one(args, extra, out), indent=1))
+        print(strict_dumps(run_one(args, extra, out), indent=1))
         return
     folds = [run_one(args, [*extra, "--test-fold", str(k)], out / f"fold-{k}") for k in range(args.folds)]
-    print(json.dumps(cross_validated(args.name, folds), indent=1))
+    print(strict_dumps(cross_validated(args.name, folds), indent=1))
 
 
 if __name__ == "__main__":

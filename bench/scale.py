@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import run_measured  # noqa: E402
+from xincept.common.strict_json import dumps as strict_dumps  # noqa: E402
 
 
 def main() -> None:
@@ -53,8 +54,8 @@ def main() -> None:
                        seconds_per_round=round(m["timing_s"]["head_rounds"] / args.rounds, 2),
                        min_site_train_images=min(int(v) for v in (m["embedding"][s]["num-examples"] for s in m["embedding"])))
         rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
-    print(json.dumps({"rounds": args.rounds, "strategy": args.strategy, "partition": "iid", "xgb_mode": args.xgb_mode, "weights": "random",
+        print(strict_dumps(row), file=sys.stderr)
+    print(strict_dumps({"rounds": args.rounds, "strategy": args.strategy, "partition": "iid", "xgb_mode": args.xgb_mode, "weights": "random",
                       "machine": "2 cores, 24 GB, no GPU", "runs": rows}, indent=1))
 
 

@@ -50,7 +50,10 @@ def test_bundle_metrics_and_report_are_written(trained: dict) -> None:
     assert meta["classifier"]["kind"] == {"xgboost": "xgboost", "head_softmax": "head-softmax"}[chosen]
     assert (out / "model" / "xgb.json").is_file() == (chosen == "xgboost")
 
-    metrics = json.loads((out / "metrics.json").read_text())
+    from xincept.common.strict_json import loads_strict
+
+    metrics = loads_strict((out / "metrics.json").read_text())  # strict JSON: no NaN or Infinity tokens
+    loads_strict((out / "model" / "model.json").read_text())
     g = metrics["global"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "per_class", "confusion", "ci95"):
         assert key in g
@@ -160,7 +163,8 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path: Path, monkeypat
 
 
 def _explain_and_check(trained: dict, image: Path, out: Path) -> dict:
-    result = runner.invoke(client_app, ["explain", str(image), "--model", str(trained["out"] / "model"), "--out", str(out)])
+    result = runner.invoke(client_app, ["explain", str(image), "--model", str(trained["out"] / "model"), "--out", str(out),
+                                        "--cache-dir", str(trained["cache"])])
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "explanations.json").read_text())
     assert rows[0]["class"] in rows[0]["probabilities"] and Path(rows[0]["overlay"]).is_file()
@@ -243,3 +247,20 @@ def test_mixed_weights_are_asked_for_and_named_in_every_output(tmp_path: Path) -
                                       "--weights-dir", str(weights), "--cache-dir", str(tmp_path / "c")])
     assert pred.exit_code == 0, pred.output  # the bundle's mixed weights are rebuilt: staged + the same random one
     assert json.loads(pred.stdout)[0]["class"] in meta["classes"]
+
+
+def test_predict_and_explain_give_the_same_probabilities_and_the_png_carries_the_warning(trained: dict, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = trained["data"] / "Early" / "Early-003.png"
+    pred = runner.invoke(client_app, ["predict", "--model", str(trained["out"] / "model"), str(image), "--format", "json",
+                                      "--cache-dir", str(trained["cache"])])
+    assert pred.exit_code == 0, pred.output
+    row = _explain_and_check(trained, image, tmp_path / "cam")
+    predicted = json.loads(pred.stdout)[0]
+    assert row["probabilities"] == predicted["probabilities"] and row["class"] == predicted["class"]
+    top = np.asarray(Image.open(row["overlay"]).convert("RGB"))[:8]  # the random-weights banner above the panels
+    assert (top[..., 0] > 150).mean() > 0.5 and (top[..., 1] < 80).mean() > 0.5
+    plot = np.asarray(Image.open(next((trained["out"] / "plots").glob("*.png"))).convert("RGB"))[:8]
+    assert (plot[..., 0] > 150).mean() > 0.5 and (plot[..., 1] < 80).mean() > 0.5  # every report plot carries it too

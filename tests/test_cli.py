@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from xincept.client.cli import app as client_app
@@ -56,6 +57,26 @@ def test_offline_without_staged_weights_names_the_expected_file(image_dir: Path,
     wd = tmp_path / "weights"
     wd.mkdir()
     res = runner.invoke(server_app, ["centralized", "--data", str(image_dir), "--out", str(tmp_path / "o"), "--weights-dir", str(wd),
-                                     "--backbones", "test_resnet,test_efficientnet", "--cache-dir", str(tmp_path / "c")])
+                                     "--backbones", "test_resnet,test_efficientnet", "--cache-dir", str(tmp_path / "c"),
+                                     "--group-block", "1"])
     assert res.exit_code == 2
     assert "test_resnet.safetensors" in res.output and "stage-weights" in res.output
+
+
+def test_every_help_fits_80_columns_and_version_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from xincept.client.cli import app as client
+    from xincept.server.cli import app as server
+
+    monkeypatch.setenv("COLUMNS", "80")
+    runner = CliRunner()
+    for app in (client, server):
+        version = runner.invoke(app, ["--version"])
+        assert version.exit_code == 0 and "xincept-all" in version.output and "flwr" in version.output
+        commands = [c.name for c in app.registered_commands]
+        for command in commands:
+            text = runner.invoke(app, [command, "--help"], terminal_width=80).output
+            assert text.startswith("Usage"), (command, text[:200])
+            assert max(len(line) for line in text.splitlines()) <= 80, command
+            assert "…" not in text and "\\[" not in text, command

@@ -45,3 +45,31 @@ def test_bootstrap_interval_brackets_the_estimate_and_widens_with_groups() -> No
     groups = [f"g{i // 30}" for i in range(300)]  # 10 clusters
     gci = bootstrap_ci(y, proba, CLASSES, groups=groups, n_boot=300)
     assert set(gci) >= {"accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "kappa"}
+
+
+def test_strict_json_never_writes_nan_or_infinity(tmp_path) -> None:
+    import json
+    import math
+
+    import numpy as np
+
+    from xincept.common.atomic import write_json_atomic
+    from xincept.common.strict_json import dumps, loads_strict
+
+    doc = {"a": float("nan"), "b": [1.0, float("inf"), np.float32("nan")], "c": np.array([0.5, -np.inf]), "d": np.int64(3)}
+    text = dumps(doc)
+    assert loads_strict(text) == {"a": None, "b": [1.0, None, None], "c": [0.5, None], "d": 3}
+    write_json_atomic(tmp_path / "m.json", doc)
+    loads_strict((tmp_path / "m.json").read_text())
+    with pytest.raises(ValueError, match="NaN"):
+        loads_strict(json.dumps({"x": math.nan}))
+
+
+def test_metrics_with_no_images_of_a_class_are_undefined_not_zero() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = _onehot([0, 0, 1, 0], k=3)
+    m = classification_metrics(y, p, ["a", "b", "c"])
+    c = m["per_class"]["c"]
+    assert c["sensitivity"] is None and "no c images" in c["undefined"]["sensitivity"]
+    assert c["precision"] is None and "predicted c" in c["undefined"]["precision"]
+    assert m["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)  # over the classes with images, as scikit-learn

@@ -136,7 +136,7 @@ def test_a_refused_run_ends_with_a_clear_message_naming_site_and_rule(tmp_path: 
     from xincept.server.federation import FederationError
     from xincept.server.simulate import run_simulated_federation
 
-    data = write_image_folder(tmp_path / "data", per_class=12, size=64)
+    data = write_image_folder(tmp_path / "data", per_class=30, size=64)  # validation splits of min-cell-count images
     settings = FedSettings(out_dir=str(tmp_path / "out"), rounds=1, **TINY)
     with pytest.raises(FederationError, match=r"site site-\d refuses query.join: rule require-dp"):
         run_simulated_federation(data, 2, "iid", settings, cache_dir=tmp_path / "cache", reference=False,

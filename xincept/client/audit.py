@@ -11,7 +11,6 @@ models, feature sums over many images and aggregate counts left.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -20,8 +19,10 @@ from typing import Any, Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-COUNT_KEYS = {"confusion", "n", "correct", "suppressed", "loss-sum", "roc-pos", "roc-neg", "rel-count",
-              "rel-correct", "rel-conf-sum", "bins"}
+from xincept.common.strict_json import dumps
+
+COUNT_KEYS = {"confusion", "n", "correct", "suppressed", "class-total", "pred-total", "loss-sum", "roc-pos", "roc-neg",
+              "rel-count", "rel-correct", "rel-conf-sum", "bins"}
 ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record name -> allowed keys (None: checked apart)
     "query.join": {"info": None, "metrics": {"counts", "n-train", "n-val", "n-test", "n-groups", "backbone_bytes"}},
     "query.embed": {"sums": None, "metrics": {"embedded-now", "seconds", "num-examples"}},
@@ -99,7 +100,7 @@ def _list_length(key: str, k: int | None, bins: int | None) -> int | None:
     """The exact length a metric list must have (None: the key must be a single number)."""
     if k is None:
         return None
-    lengths = {"counts": k, "confusion": k * k}
+    lengths = {"counts": k, "confusion": k * k, "class-total": k, "pred-total": k}
     if bins is not None:
         lengths.update({"roc-pos": k * bins, "roc-neg": k * bins, "rel-count": bins, "rel-correct": bins, "rel-conf-sum": bins})
     return lengths.get(key)
@@ -171,4 +172,4 @@ def append_entry(path: Path, entry: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as fh:  # one short line per message; appends are atomic enough for one writer per site
-        fh.write(json.dumps(entry) + "\n")
+        fh.write(dumps(entry) + "\n")

@@ -11,7 +11,6 @@ from xincept.client.policy import describe_fields
 from xincept.common.cli import (AllowOutsideOpt, CacheDirOpt, ClassesOpt, DataOpt, ManifestOpt, WeightsDirOpt, friendly_errors,
                                 setup_logging, split_names)
 
-POLICY_HELP = "; ".join(f"{name} (default {default}): {meaning}" for name, default, meaning in describe_fields())
 
 
 @friendly_errors
@@ -30,7 +29,8 @@ def join(
     clientapp_port: Annotated[int, typer.Option("--clientapp-port", help="Local port of the SuperNode's ClientApp API (distinct per SuperNode on one machine).")] = 9094,
     max_retries: Annotated[int | None, typer.Option("--max-retries", help="Reconnection attempts before giving up (default: unlimited).")] = None,
     max_wait_time: Annotated[float | None, typer.Option("--max-wait-time", help="Seconds to keep trying to reconnect (default: unlimited).")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Site policy TOML (what this site lets leave, whatever the server asks). Fields: " + POLICY_HELP)] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Site policy TOML: what this site lets leave, whatever the server "
+                                                "asks. Its fields and defaults: deploy/README.md (Site policy).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="XINCEPT_STATE_DIR", help="This site's state: its fixed split, query counts, privacy ledger, audit log (default ~/.local/state/xincept/SITE; keep it for the site's lifetime).")] = None,
     require_dp: Annotated[bool | None, typer.Option("--require-dp/--no-require-dp", help="Refuse every run without DP-SGD (policy require-dp; default: no).")] = None,
     max_epsilon: Annotated[float | None, typer.Option("--max-epsilon", help="Largest per-run DP epsilon accepted (policy max-epsilon; default 10).")] = None,

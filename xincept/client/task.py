@@ -63,7 +63,7 @@ def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tup
     site = prepare_site(Path(data_dir), cfg, list(classes) if classes else None, Path(manifest) if manifest else None,
                         show_progress=False, allow_outside=allow_outside)
     split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed, settings.test_fold)
-    log.info("site %s: %d images (train %d, val %d, test %d)", name, len(site.y), *(len(split[k]) for k in ("train", "val", "test")))
+    log.debug("site %s: %d images (train %d, val %d, test %d)", name, len(site.y), *(len(split[k]) for k in ("train", "val", "test")))
     local = LocalSite(name=name, site=site, split=split, settings=settings)
     # every image is embedded: a federation only needs the cached features, so the backbones (~190 MB for the
     # thesis pair) leave this long-lived process; their size is kept for the join report

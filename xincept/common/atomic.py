@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -39,7 +38,9 @@ def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any, mode: int | None = None) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", mode)
+    from xincept.common.strict_json import dumps
+
+    write_text_atomic(path, dumps(obj, indent=2, sort_keys=False) + "\n", mode)
 
 
 def write_with_atomic(path: Path, writer: Callable[[Path], None]) -> None:
@@ -75,17 +76,3 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -80,8 +80,11 @@ def staging_hint(name: str, weights_dir: Path | None) -> str:
         f"stage it on a connected machine with `xincept-client stage-weights --out {target}` "
         f"(writes {staged_weights_file(target, name)}), copy the folder to this machine and pass "
         f"--weights-dir {target} (or set {WEIGHTS_ENV}); for Xception, `xincept-client stage-weights --from-keras FILE --out "
-        f"{target}` converts Keras' ImageNet weights offline; to keep only {name} random while the others load their weights, "
-        f"pass --random-backbones {name}; or run with --no-pretrained for random weights (not for clinical use)"
+        f"{target}` converts Keras' ImageNet weights offline; "
+        + ("without ImageNet InceptionV3 weights, run Xception alone (--backbones legacy_xception; the README says why) or "
+           if name == "inception_v3" else "")
+        + f"to keep only {name} random while the others load their weights, pass --random-backbones {name}; or run with "
+        "--no-pretrained for random weights (not for clinical use)"
     )
 
 
@@ -111,7 +114,7 @@ def _create(name: str, cfg: BackboneConfig) -> tuple["torch.nn.Module", str, dic
     import torch
 
     if cfg.is_random(name):
-        log.warning("%s", random_warning([name]))
+        log.debug("%s", random_warning([name]))  # the command warns once (xincept.common.cli.warn_random_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_name_seed(name))
             return timm.create_model(name, pretrained=False, num_classes=0), "random", None
@@ -254,6 +257,6 @@ def remembered_backbones(cfg: BackboneConfig, cache_root: Path) -> list[Backbone
         if d.get("name") != name:
             return None
         if b.weights == "random":
-            log.warning("%s", random_warning([name]))
+            log.debug("%s", random_warning([name]))  # the command warns once (xincept.common.cli.warn_random_weights)
         out.append(b)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,18 +35,53 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
+THIRD_PARTY = ("timm", "urllib3", "matplotlib", "PIL", "httpx", "filelock", "alembic", "sqlalchemy", "ray", "flwr")
+NOISY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+class _QuietFlower(logging.Filter):
+    """On Flower's logger itself (Flower resets its levels and handlers when a simulation starts): its warnings and
+    errors pass, its INFO lines and its deprecation notices (``DEPRECATED FEATURE``) do not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and "DEPRECATED" not in str(record.msg)
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """xincept's INFO lines on stderr, each once; third-party INFO and deprecation noise only with --verbose.
+
+    Flower's logger keeps its own handler and no longer reaches the root one too (every Flower line appeared twice);
+    warnings filters go to child processes (Ray's workers) through PYTHONWARNINGS.
+    """
+    import warnings
+
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False, console=_err_console())],
-        force=True,
-    )
-    for noisy in ("timm", "urllib3", "matplotlib", "PIL", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(show_path=False, rich_tracebacks=False, console=_err_console())
+    handler.setLevel(level)
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    flwr = logging.getLogger("flwr")
+    flwr.propagate = False
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose and not any(isinstance(f, _QuietFlower) for f in flwr.filters):
+        flwr.addFilter(_QuietFlower())
+    if not verbose:
+        for category in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", category=category)
+        os.environ["PYTHONWARNINGS"] = ",".join(f"ignore::{c.__name__}" for c in NOISY_WARNINGS)
+
+
+def warn_random_weights(backbones: str | tuple[str, ...], pretrained: bool, random_backbones: str | tuple[str, ...] = ()) -> None:
+    """The random-weights warning, once per command (not once per backbone load in every process)."""
+    names = [n for n in (backbones.split(",") if isinstance(backbones, str) else backbones) if n]
+    chosen = set(random_backbones.split(",") if isinstance(random_backbones, str) else random_backbones)
+    random = names if not pretrained else [n for n in names if n in chosen]
+    if random:
+        from xincept.common.backbones import random_warning
+
+        logging.getLogger("xincept").warning("%s", random_warning(random))
 
 
 def log_xincept_to_stderr() -> None:
@@ -104,17 +140,50 @@ def check_format(fmt: str) -> str:
 
 
 def stdout_json(obj: Any) -> None:
-    import json
+    from xincept.common.strict_json import dumps
 
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.write(dumps(obj, indent=2) + "\n")
+
+
+def version_text() -> str:
+    """``xincept-all X (flwr Y, torch Z, timm W, xgboost V)`` from the installed distributions, without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"xincept-all {v('xincept-all')} (flwr {v('flwr')}, torch {v('torch')}, timm {v('timm')}, xgboost {v('xgboost')})"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
 
 
 def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]]) -> typer.Typer:
-    """A typer app with one sub-command per entry (always a command group, even with one command)."""
-    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    """A typer app with one sub-command per entry (always a command group, even with one command).
+
+    Help is click's plain format: it wraps to the terminal's width and never cuts an option's text short.
+    """
+    import typer.core
+
+    # typer formats help with rich whenever rich is installed: its fixed-width table cuts paths and words with "…" at
+    # 80 columns, and even plain help gets "\\[default: ...]" escapes; typer reads this flag at format time
+    typer.core.HAS_RICH = False
+    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      rich_markup_mode=None)
     for command_name, fn in commands.items():
         app.command(command_name)(fn)
-    app.callback()(lambda: None)
+
+    def root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                   help="Print the versions of xincept and its engines, and exit.")] = False) -> None:
+        """XIncept-ALL."""
+
+    app.callback()(root)
     return app
 
 

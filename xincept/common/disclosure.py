@@ -50,40 +50,80 @@ class DisclosurePolicy:
         return "exact counts (no disclosure control)"
 
 
-def _suppress(cm: np.ndarray, threshold: int) -> np.ndarray:
-    """Primary suppression of small cells, then complementary suppression against every total a reader may know:
-    the diagonal and off-diagonal sums (from n and correct) and each row and column (a class's image count and
-    its predicted count follow from the released score histograms). Repeated until no total isolates a cell."""
+def suppress_vector(counts: np.ndarray, threshold: int, hidden: np.ndarray | None = None) -> np.ndarray:
+    """Primary suppression of a count vector whose total is known, with complementary suppression.
+
+    ``hidden`` marks cells to withhold besides the small ones. A lone withheld cell would equal the known total
+    minus the released cells, so the smallest released non-zero cell is withheld with it; when no such cell
+    exists the whole vector is withheld.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    hide = (counts > 0) & (counts < threshold)
+    if hidden is not None:
+        hide |= hidden
+    if hide.sum() == 1:
+        others = np.flatnonzero(~hide & (counts > 0))
+        if len(others):
+            hide[others[np.argmin(counts[others])]] = True
+        else:
+            hide[:] = True
+    return np.where(hide, SUPPRESSED, counts)
+
+
+def _suppress(cm: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Primary suppression of small cells and totals, then complementary suppression against every total a reader
+    knows: the number of images and of correct ones (so the diagonal's and the off-diagonal cells' sums), and each
+    class's released images (row) and predictions (column). A set of cells whose total is known must never hold a
+    lone withheld cell; its complement is, in this order, the smallest released non-zero off-diagonal cell, a zero
+    off-diagonal cell, then the smallest diagonal cell: the diagonal and the totals are what the metrics need
+    (xincept.common.count_metrics), so they are withheld last. Returns the released matrix and the two totals."""
     k = cm.shape[0]
+    rows = suppress_vector(cm.sum(1), threshold)
+    cols = suppress_vector(cm.sum(0), threshold)
     hidden = (cm > 0) & (cm < threshold)
     diag = np.eye(k, dtype=bool)
-    parts = [diag, ~diag] + [np.eye(k, dtype=bool)[i][:, None] & np.ones((1, k), dtype=bool) for i in range(k)]
-    parts += [p.T for p in parts[2:]]
+    # every total counts as known, withheld or not: a class's images also follow from its released score histograms
+    parts = [(diag, True), (~diag, True)]
+    parts += [(np.outer(np.eye(k, dtype=bool)[i], np.ones(k, dtype=bool)), True) for i in range(k)]
+    parts += [(np.outer(np.ones(k, dtype=bool), np.eye(k, dtype=bool)[j]), True) for j in range(k)]
+
+    def complement(part: np.ndarray) -> tuple[int, int] | None:
+        for pool in (part & ~hidden & ~diag & (cm > 0), part & ~hidden & ~diag, part & ~hidden & diag):
+            cells = np.argwhere(pool)
+            if len(cells):
+                i, j = min(cells, key=lambda ij: (cm[ij[0], ij[1]], ij[0], ij[1]))
+                return int(i), int(j)
+        return None
+
     changed = True
     while changed:
         changed = False
-        for part in parts:
-            if (hidden & part).sum() == 1:
-                candidates = np.argwhere(part & ~hidden & (cm > 0))
-                if len(candidates):
-                    i, j = min(candidates, key=lambda ij: cm[ij[0], ij[1]])
-                    hidden[i, j] = True
+        for part, known in parts:
+            if known and (hidden & part).sum() == 1:
+                cell = complement(part)
+                if cell is not None:
+                    hidden[cell] = True
                     changed = True
     out = cm.copy()
     out[hidden] = SUPPRESSED
-    return out
+    return out, rows, cols
 
 
 def release_confusion(cm: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """The counts a site may send: ``confusion`` (flattened, -1 = withheld), ``n``, ``correct``, ``suppressed``."""
+    """The counts a site may send: ``confusion`` (flattened, -1 = withheld), ``n``, ``correct``, ``suppressed``, and
+    per class its images (``class-total``) and predictions (``pred-total``), -1 where withheld."""
     cm = np.asarray(cm, dtype=np.int64)
-    if policy.kind == "laplace":
+    if policy.kind == "laplace":  # the noisy matrix and its own sums: nothing more leaves
         rng = rng or np.random.default_rng()
         noisy = np.clip(np.rint(cm + rng.laplace(0.0, 2.0 / policy.epsilon, cm.shape)), 0, None).astype(np.int64)
-        return {"confusion": noisy.reshape(-1).tolist(), "n": int(noisy.sum()), "correct": int(np.trace(noisy)), "suppressed": 0}
-    released = _suppress(cm, policy.threshold) if policy.kind == "suppress" else cm
+        return {"confusion": noisy.reshape(-1).tolist(), "n": int(noisy.sum()), "correct": int(np.trace(noisy)),
+                "suppressed": 0, "class-total": noisy.sum(1).tolist(), "pred-total": noisy.sum(0).tolist()}
+    if policy.kind == "suppress":
+        released, rows, cols = _suppress(cm, policy.threshold)
+    else:
+        released, rows, cols = cm, cm.sum(1), cm.sum(0)
     return {"confusion": released.reshape(-1).tolist(), "n": int(cm.sum()), "correct": int(np.trace(cm)),
-            "suppressed": int((released == SUPPRESSED).sum())}
+            "suppressed": int((released == SUPPRESSED).sum()), "class-total": rows.tolist(), "pred-total": cols.tolist()}
 
 
 def confusion_from_release(flat: list[int] | np.ndarray, k: int) -> tuple[np.ndarray, int]:

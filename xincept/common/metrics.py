@@ -22,18 +22,6 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15)
     return float(ece)
 
 
-def reliability(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    conf, correct = proba.max(1), (proba.argmax(1) == y).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    out: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": []}
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        out["confidence"].append(float(conf[m].mean()) if m.any() else float("nan"))
-        out["accuracy"].append(float(correct[m].mean()) if m.any() else float("nan"))
-        out["count"].append(int(m.sum()))
-    return out
-
-
 def auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -47,42 +35,17 @@ def auc_ovr(y: np.ndarray, proba: np.ndarray, k: int) -> float | None:
 
 
 def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, macro F1, kappa and the per-class table from a confusion matrix alone.
+    """Accuracy, balanced accuracy, macro F1, kappa and the per-class table from a whole confusion matrix.
 
-    This is all a federation needs from a site: counts, never per-image results.
+    A metric no data can define (a class without images has no sensitivity) is None with its reason in
+    ``undefined`` (xincept.common.count_metrics), never NaN or 0.
     """
+    from xincept.common.count_metrics import ClassCounts, metrics_from_counts
+
     cm = np.asarray(cm, dtype=np.int64)
-    total = int(cm.sum())
-    per_class, f1s, recalls = {}, [], []
-    for i, name in enumerate(classes):
-        tp = cm[i, i]
-        fn = cm[i].sum() - tp
-        fp = cm[:, i].sum() - tp
-        tn = total - tp - fn - fp
-        sens = tp / (tp + fn) if tp + fn else float("nan")
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        f1 = 2 * prec * sens / (prec + sens) if (prec + sens) and not np.isnan(sens) else 0.0
-        per_class[name] = {
-            "sensitivity": float(sens),
-            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-            "precision": float(prec),
-            "f1": float(f1),
-            "support": int(cm[i].sum()),
-        }
-        if cm[i].sum():
-            f1s.append(f1)
-            recalls.append(sens)
-    po = float(np.trace(cm) / total) if total else float("nan")
-    pe = float((cm.sum(0) * cm.sum(1)).sum() / total**2) if total else float("nan")
-    return {
-        "n": total,
-        "accuracy": po,
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "kappa": float((po - pe) / (1 - pe)) if total and pe < 1 else 0.0,
-        "per_class": per_class,
-        "confusion": cm.tolist(),
-    }
+    out = metrics_from_counts(int(cm.sum()), int(np.trace(cm)), ClassCounts.from_confusion(cm), classes)
+    out["confusion"] = cm.tolist()
+    return out
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
@@ -93,7 +56,9 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     y = np.asarray(y)
     out = metrics_from_confusion(confusion_matrix(y, proba.argmax(1), labels=list(range(k))), classes)
     out["auc_ovr"] = auc_ovr(y, proba, k)
-    out["ece"] = expected_calibration_error(y, proba)
+    if out["auc_ovr"] is None:
+        out.setdefault("undefined", {})["auc_ovr"] = "fewer than two classes among the images"
+    out["ece"] = expected_calibration_error(y, proba) if len(y) else None
     return out
 
 
@@ -116,15 +81,16 @@ def prediction_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], bins
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.bincount(which, weights=(proba.argmax(1) == y), minlength=bins) / count
         mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
-    return {"roc": curves, "reliability": {"count": count.tolist(), "accuracy": np.where(count > 0, acc, np.nan).tolist(),
-                                           "confidence": np.where(count > 0, mean_conf, np.nan).tolist(),
+    return {"roc": curves, "reliability": {"count": count.tolist(),  # an empty bin has no accuracy or confidence (None)
+                                           "accuracy": [float(a) if c > 0 else None for a, c in zip(acc, count)],
+                                           "confidence": [float(a) if c > 0 else None for a, c in zip(mean_conf, count)],
                                            "withheld": [False] * bins}}
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a proportion (treats images as independent)."""
     if n == 0:
-        return [float("nan"), float("nan")]
+        return [None, None]  # type: ignore[list-item]  # no images: no interval
     p = correct / n
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom

@@ -12,6 +12,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def _num(v: Any) -> float:
+    """A metric for plotting: None (withheld or undefined) becomes NaN, which matplotlib leaves out."""
+    return float("nan") if v is None else float(v)
+
+
 def _figure(width: float = 6.4, height: float = 4.0):  # noqa: ANN202
     import matplotlib
 
@@ -35,9 +40,9 @@ def rounds_plot(rounds: list[dict[str, Any]], selected: int | list[int] | None) 
     plt, fig = _figure(9, 3.6)
     r = [x["round"] for x in rounds]
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(r, [x["val"]["global"]["accuracy"] for x in rounds], "k-o", lw=2, ms=3, label="all sites")
+    ax1.plot(r, [_num(x["val"]["global"]["accuracy"]) for x in rounds], "k-o", lw=2, ms=3, label="all sites")
     for site in sorted(rounds[0]["val"]["sites"]):
-        ax1.plot(r, [x["val"]["sites"].get(site, {}).get("accuracy", np.nan) for x in rounds], lw=1, alpha=0.8, label=site)
+        ax1.plot(r, [_num(x["val"]["sites"].get(site, {}).get("accuracy")) for x in rounds], lw=1, alpha=0.8, label=site)
         ax2.plot(r, [x["train_loss"].get(site, np.nan) for x in rounds], lw=1, label=site)
     if selected:
         ax1.axvline(selected, color="grey", ls="--", lw=1, label=f"selected round {selected}")
@@ -55,7 +60,7 @@ def members_rounds_plot(rounds: list[dict[str, Any]], selected: list[int]) -> by
     for m in sorted({x.get("member", 0) for x in rounds}):
         mine = [x for x in rounds if x.get("member", 0) == m]
         r = [x["round"] for x in mine]
-        line, = ax1.plot(r, [x["val"]["global"]["accuracy"] for x in mine], lw=1.5, label=f"head {m + 1}")
+        line, = ax1.plot(r, [_num(x["val"]["global"]["accuracy"]) for x in mine], lw=1.5, label=f"head {m + 1}")
         ax2.plot(r, [np.mean(list(x["train_loss"].values())) for x in mine], lw=1.5, color=line.get_color(), label=f"head {m + 1}")
         if m < len(selected):
             ax1.axvline(selected[m], color=line.get_color(), ls="--", lw=1)
@@ -88,13 +93,16 @@ def confusion_plot(sites: dict[str, dict[str, Any]], classes: list[str], thresho
 
 
 def _roc_axes(ax, m: dict[str, Any], title: str) -> None:  # noqa: ANN001
+    """Curves only from classes whose histogram bins were all released; the others are named with the reason."""
     for name, c in m["roc"].items():
-        auc = c.get("auc")
-        ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {'n/a' if auc is None or auc != auc else f'{auc:.3f}'})")
+        ax.plot(c["fpr"], c["tpr"], lw=1.5, label=f"{name} (AUC {c['auc']:.3f})")
+    for name, why in (m.get("roc_missing") or {}).items():
+        ax.plot([], [], " ", label=f"{name}: no curve ({why.split(' (')[0]})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
     withheld = m.get("roc_withheld_bins")
-    ax.set_title(title + (f"\n{withheld} histogram bin(s) withheld (< threshold), counted as 0" if withheld else ""), fontsize=8)
+    ax.set_title(title + (f"\n{withheld} histogram bin(s) withheld (< min-cell-count): classes with one are not drawn"
+                          if withheld else ""), fontsize=8)
     ax.legend(fontsize=6, loc="lower right")
 
 
@@ -109,16 +117,19 @@ def _reliability_axes(ax, m: dict[str, Any], title: str) -> None:  # noqa: ANN00
     rel = m["reliability"]
     bins = len(rel["count"])
     centres = (np.arange(bins) + 0.5) / bins
-    acc = np.asarray(rel["accuracy"], dtype=float)
+    acc = np.array([_num(a) for a in rel["accuracy"]])
     withheld = np.asarray(rel.get("withheld", [False] * bins), dtype=bool)
     shown = ~withheld & np.isfinite(acc)
-    ax.bar(centres[shown], acc[shown], width=1 / bins, edgecolor="k", alpha=0.7, label="observed accuracy")
-    if withheld.any():
-        ax.bar(centres[withheld], np.ones(withheld.sum()), width=1 / bins, color="none", edgecolor="grey", hatch="//",
-               label="withheld (count < threshold)")
+    ax.bar(centres[shown], acc[shown], width=1 / bins, edgecolor="k", alpha=0.7, label="observed accuracy (released bins)")
+    if withheld.any():  # marked on the axis, never drawn as a value
+        ax.plot(centres[withheld], np.zeros(withheld.sum()), "x", color="grey", ms=6,
+                label=f"{int(withheld.sum())} bin(s) withheld (< min-cell-count)")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
     ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title(f"{title} (ECE {m.get('ece') if m.get('ece') is not None else float('nan'):.3f})", fontsize=8)
+    ece, over, n = m.get("ece"), m.get("ece_over_images"), m.get("n")
+    ece_text = ("ECE withheld" if ece is None else f"ECE {ece:.3f}" + (f" over {over} of {n} images" if over is not None
+                                                                        and n is not None and over < n else ""))
+    ax.set_title(f"{title} ({ece_text})", fontsize=8)
     ax.legend(fontsize=6, loc="upper left")
 
 
@@ -130,7 +141,7 @@ def reliability_plot(m: dict[str, Any], title: str = "Reliability, all sites") -
 
 def _site_grid(sites: dict[str, dict[str, Any]], key: str, draw) -> bytes:  # noqa: ANN001
     """One panel per site that released ``key`` (ROC or reliability), drawn by ``draw(ax, metrics, title)``."""
-    shown = {s: m for s, m in sorted(sites.items()) if m.get(key)}
+    shown = {s: m for s, m in sorted(sites.items()) if key in m}  # a panel that shows what was withheld counts too
     if not shown:
         raise ValueError(f"no site released {key} counts")
     cols = min(len(shown), 4)
@@ -167,10 +178,17 @@ def per_class_plot(m: dict[str, Any]) -> bytes:
     x = np.arange(len(names))
     plt, fig = _figure(5.6, 3.6)
     ax = fig.gca()
+    missing = False
     for i, key in enumerate(("sensitivity", "specificity", "precision", "f1")):
-        ax.bar(x + (i - 1.5) * 0.2, [m["per_class"][n].get(key, np.nan) for n in names], width=0.2, label=key)
+        vals = [_num(m["per_class"][n].get(key)) for n in names]
+        ax.bar(x + (i - 1.5) * 0.2, vals, width=0.2, label=key)
+        for j, v in enumerate(vals):
+            if np.isnan(v):  # withheld or undefined: a mark, never a bar of 0
+                missing = True
+                ax.text(x[j] + (i - 1.5) * 0.2, 0.02, "–", ha="center", fontsize=9, color="grey")
     ax.set_xticks(x, names)
-    ax.set(ylim=(0, 1.05), ylabel="score", title="Per-class sensitivity, specificity, precision and F1")
+    ax.set(ylim=(0, 1.05), ylabel="score", title="Per-class sensitivity, specificity, precision and F1"
+           + ("\n(–: withheld by disclosure control or undefined; see the report)" if missing else ""))
     ax.legend(fontsize=7, loc="lower right")
     return _png(plt, fig)
 
@@ -218,8 +236,13 @@ def privacy_plot(privacy: dict[str, dict[str, float]], target: float) -> bytes:
     return _png(plt, fig)
 
 
-def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dict[str, str]:
-    """Write every plot the metrics allow into ``folder``; returns {caption: file name}."""
+def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path, marks: list[str] | None = None) -> dict[str, str]:
+    """Write every plot the metrics allow into ``folder``; returns {caption: file name}.
+
+    ``marks`` (random weights, synthetic data: xincept.common.marks) are stamped into every PNG.
+    """
+    from xincept.common.marks import stamp_png
+
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
     settings = metrics.get("settings", {})
@@ -231,7 +254,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
                      lambda: confusion_plot(metrics["sites"], classes, int(settings.get("min-cell-count", 5)))))
     federated = bool(metrics.get("sites"))
     glob = metrics.get("global", {})
-    if glob.get("roc"):
+    if "roc" in glob:  # drawn even when every class's curve was withheld: the legend says which and why
         jobs.append(("One-vs-rest ROC curves per class" + (", all sites (from released histograms)" if federated else
                                                             ", out-of-fold predictions"),
                      "roc.png", lambda: roc_plot(glob, exact=not federated)))
@@ -239,7 +262,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
         jobs.append(("Reliability diagram" + (", all sites (hatched: bins withheld)" if federated else ", out-of-fold"),
                      "reliability.png", lambda: reliability_plot(glob, "Reliability, all sites" if federated else
                                                                  "Reliability, out-of-fold")))
-    if federated and any(m.get("roc") for m in metrics["sites"].values()):
+    if federated and any("roc" in m for m in metrics["sites"].values()):
         jobs.append(("ROC curves per class at each site (test split, released histograms)", "roc_sites.png",
                      lambda: roc_sites_plot(metrics["sites"])))
     if federated and any(m.get("reliability") for m in metrics["sites"].values()):
@@ -258,7 +281,7 @@ def make_plots(metrics: dict[str, Any], classes: list[str], folder: Path) -> dic
                      lambda: privacy_plot(metrics["privacy"], float(settings.get("dp-epsilon", 0)))))
     for caption, name, draw in jobs:
         try:
-            (folder / name).write_bytes(draw())
+            (folder / name).write_bytes(stamp_png(draw(), marks or []))
             made[caption] = name
         except (ValueError, KeyError, TypeError) as exc:  # a plot must never cost the run its outputs
             log.warning("could not draw %s: %s", name, exc)

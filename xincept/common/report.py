@@ -10,8 +10,25 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def metric_text(m: dict[str, Any], key: str) -> str:
+    """A metric as a percentage, or why it is missing (withheld by disclosure control, or undefined), never 0 or NaN."""
+    value = m.get(key)
+    if value is not None:
+        return _pct(value)
+    if key in (m.get("withheld") or {}):
+        return "withheld"
+    why = (m.get("undefined") or {}).get(key)
+    return f"n/a ({why})" if why else "n/a"
+
+
+def _missing_notes(m: dict[str, Any]) -> list[str]:
+    """One line per headline metric that is missing, with its reason."""
+    return [f"- {key.replace('_', ' ')}: {kind} ({why})" for kind in ("withheld", "undefined")
+            for key, why in (m.get(kind) or {}).items()]
+
+
 def _ci(ci: dict[str, list[float]], key: str) -> str:
-    if key not in ci:
+    if key not in ci or ci[key][0] is None:
         return ""
     lo, hi = ci[key]
     return f" (95% CI {_pct(lo)} to {_pct(hi)})"
@@ -20,14 +37,15 @@ def _ci(ci: dict[str, list[float]], key: str) -> str:
 def confusion_table(confusion: list[list[int]], classes: list[str]) -> str:
     lines = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for name, row in zip(classes, confusion):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+        lines.append(f"| **{name}** | " + " | ".join("withheld" if v is None else str(v) for v in row) + " |")
     return "\n".join(lines)
 
 
 def per_class_table(per_class: dict[str, dict[str, float]]) -> str:
     lines = ["| class | sensitivity | specificity | precision | F1 | images |", "|---|---|---|---|---|---|"]
     for name, m in per_class.items():
-        lines.append(f"| {name} | {_pct(m['sensitivity'])} | {_pct(m['specificity'])} | {_pct(m['precision'])} | {_pct(m['f1'])} | {m['support']} |")
+        cells = " | ".join(metric_text(m, k) for k in ("sensitivity", "specificity", "precision", "f1"))
+        lines.append(f"| {name} | {cells} | {'withheld' if m['support'] is None else m['support']} |")
     return "\n".join(lines)
 
 
@@ -51,8 +69,9 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("disclosure"):
         d = metrics["disclosure"]
         out += ["## What left each site", "",
-                f"- Validation counts: {d['description']}; {d['withheld_cells']} cell(s) of the pooled test matrices were withheld "
-                "and count as 0 in per-class figures (accuracy uses the exact totals).",
+                f"- Validation counts: {d['description']}; {d['withheld_cells']} cell(s) of the pooled test matrices were withheld. "
+                "Every metric comes from released counts only: one whose inputs were withheld is shown as withheld, never "
+                "computed as if they were zero (accuracy uses the exact totals, which are always released).",
                 "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
                 "feature, embedding, per-image label or prediction, or file name.", ""]
     if metrics.get("privacy"):
@@ -132,12 +151,18 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
         "## Headline results",
         "",
-        f"- Accuracy: **{_pct(g['accuracy'])}**{_ci(ci, 'accuracy')}",
-        f"- Balanced accuracy: {_pct(g['balanced_accuracy'])}{_ci(ci, 'balanced_accuracy')}",
-        f"- Macro F1: {_pct(g['macro_f1'])}{_ci(ci, 'macro_f1')}",
-        f"- ROC-AUC (one-vs-rest, macro): {_pct(g['auc_ovr'])}{_ci(ci, 'auc_ovr')}",
-        f"- Cohen's kappa: {g['kappa']:.3f}" + (f"; expected calibration error: {g['ece']:.3f}" if g.get("ece") is not None else ""),
+        f"- Accuracy: **{metric_text(g, 'accuracy')}**{_ci(ci, 'accuracy')} over {g['n']} images",
+        f"- Balanced accuracy: {metric_text(g, 'balanced_accuracy')}{_ci(ci, 'balanced_accuracy')}",
+        f"- Macro F1: {metric_text(g, 'macro_f1')}{_ci(ci, 'macro_f1')}",
+        f"- ROC-AUC (one-vs-rest, macro): {metric_text(g, 'auc_ovr')}{_ci(ci, 'auc_ovr')}",
+        "- Cohen's kappa: " + ("withheld" if g.get("kappa") is None and "kappa" in (g.get("withheld") or {}) else
+                              "n/a" if g.get("kappa") is None else f"{g['kappa']:.3f}")
+        + (f"; expected calibration error: {g['ece']:.3f}" + (f" (over the {g['ece_over_images']} of {g['n']} images in "
+                                                              "released reliability bins)"
+                                                              if g.get("ece_over_images", g["n"]) < g["n"] else "")
+           if g.get("ece") is not None else ""),
         "",
+        *((["Missing figures and why:", "", *_missing_notes(g), ""]) if _missing_notes(g) else []),
         "Sensitivity is the share of a class's images that the model recognised; specificity the share "
         "of other images it correctly did not assign to that class.",
         "",
@@ -145,8 +170,8 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
         "",
         per_class_table(g["per_class"]),
         "",
-        *([f"_{g['withheld_cells']} cell(s) of the sites' matrices were withheld by disclosure control: the per-class figures and "
-           "the matrix below count only released cells (image counts are lower bounds); accuracy above is exact._", ""]
+        *([f"_{g['withheld_cells']} cell(s) of the sites' matrices were withheld by disclosure control: the matrix below "
+           "shows them as withheld, and a per-class figure that needs one is withheld too; accuracy above is exact._", ""]
           if g.get("withheld_cells") else []),
         "## Confusion matrix (held-out predictions, counts of images)",
         "",
@@ -165,14 +190,14 @@ def render_report(title: str, metrics: dict[str, Any], model_meta: dict[str, Any
                 "| site | test images | accuracy | balanced accuracy | macro F1 | withheld cells |", "|---|---|---|---|---|---|"]
         for site, m in metrics["sites"].items():
             w = int(m.get("withheld_cells") or 0)
-            approx = "≈" if w else ""
-            out.append(f"| {site} | {m['n']} | {_pct(m['accuracy'])} | {approx}{_pct(m['balanced_accuracy'])} | {approx}{_pct(m['macro_f1'])} | {w} |")
-        out += ["", "Accuracy uses each site's exact totals. Where cells were withheld (disclosure control), balanced "
-                "accuracy, F1 and the per-class tables are computed from the released cells only (≈): approximate.", ""]
+            out.append(f"| {site} | {m['n']} | {metric_text(m, 'accuracy')} | {metric_text(m, 'balanced_accuracy')} | "
+                       f"{metric_text(m, 'macro_f1')} | {w} |")
+        out += ["", "Accuracy uses each site's exact totals. Balanced accuracy and F1 need every class's released totals "
+                "and correct counts: where disclosure control withheld one, they are shown as withheld.", ""]
     if metrics.get("comparison"):
         out += ["## Classifier comparison on the same embeddings and folds", "", "| classifier | accuracy | macro F1 | AUC |", "|---|---|---|---|"]
         for name, m in metrics["comparison"].items():
-            out.append(f"| {name} | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['auc_ovr'])} |")
+            out.append(f"| {name} | {metric_text(m, 'accuracy')} | {metric_text(m, 'macro_f1')} | {metric_text(m, 'auc_ovr')} |")
         out.append("")
     out += federation_sections(metrics)
     out += plots_section(plots or {})
@@ -195,7 +220,9 @@ def write_reports(out: Path, title: str, metrics: dict[str, Any], model_meta: di
     from xincept.common.atomic import write_text_atomic
     from xincept.common.plots import make_plots
 
-    plots = make_plots(metrics, list(model_meta["classes"]), out / "plots")
+    from xincept.common.marks import marks_for
+
+    plots = make_plots(metrics, list(model_meta["classes"]), out / "plots", marks_for(model_meta))
     text = render_report(title, metrics, model_meta, plots)
     write_text_atomic(out / "report.md", text)
     write_text_atomic(out / "report.html", render_html(text, out, title))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,13 @@ def weights_label(meta: dict) -> str:
 
 
 def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = None, manifest: Path | None = None,
-                 show_progress: bool = True, allow_outside: bool = False) -> EmbeddedSite:
-    """Check the data folder, load the frozen backbones and embed every image through the cache."""
+                 show_progress: bool = True, allow_outside: bool = False,
+                 check: Callable[[SiteData], None] | None = None) -> EmbeddedSite:
+    """Check the data folder (and ``check`` it, before any backbone is built), then embed every image through the cache."""
     data = scan_site(Path(data_dir), classes, manifest, cfg.split.group_block, show_progress, allow_outside)
     require_usable(data)
+    if check is not None:
+        check(data)
     t0 = time.perf_counter()
     # every image cached (a rerun, a site's runner, a simulated site): the backbones' descriptors are enough, and the
     # networks are never built; otherwise build them, embed what is missing and remember their descriptors
@@ -93,5 +97,6 @@ def prepare_site(data_dir: Path, cfg: RunConfig, classes: list[str] | None = Non
         emb = embed_records(data.records, backbones, cfg.cache_dir, cfg.backbone, cfg.augment.views, cfg.augment.seed, show_progress)
         remember_backbones(backbones, cfg.backbone, cfg.cache_dir)
     seconds = time.perf_counter() - t0
-    log.info("embeddings ready: %d images, %d computed now, %.1f s", len(data.records), emb.computed, seconds)
+    log.log(logging.INFO if emb.computed else logging.DEBUG, "embeddings ready: %d images, %d computed now, %.1f s",
+            len(data.records), emb.computed, seconds)
     return EmbeddedSite(data=data, backbones=backbones, embeddings=emb, embed_seconds=seconds)

@@ -2,6 +2,10 @@
 
 A site turns its predictions into:
 - a confusion matrix, the total and the number correct (``release_confusion``);
+- per class, its images (``class-total``) and its predictions (``pred-total``): under ``suppress`` a total below
+  ``min-cell-count`` is withheld (with a complementary one: the totals sum to the released number of images); the
+  matrix's own suppression already treats these totals as known to a reader, so releasing them adds nothing it
+  protects; under ``laplace`` they are the noisy matrix's sums (no further release);
 - the summed cross-entropy loss (one number);
 - per class, histograms of the predicted probability among that class's images and among the
   others (``bins`` equal-width bins): enough for pooled one-vs-rest ROC curves and AUC;
@@ -21,35 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from xincept.common.disclosure import SUPPRESSED, DisclosurePolicy, confusion_from_release, release_confusion
+from xincept.common.disclosure import SUPPRESSED, DisclosurePolicy, release_confusion, suppress_vector
 from xincept.common.errors import SettingError
-from xincept.common.metrics import metrics_from_confusion
 
 BINS = 10
 
 
 def _hist(values: np.ndarray, bins: int) -> np.ndarray:
     return np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))[0].astype(np.int64)
-
-
-def suppress_vector(counts: np.ndarray, threshold: int, hidden: np.ndarray | None = None) -> np.ndarray:
-    """Primary suppression of a count vector whose total is known, with complementary suppression.
-
-    ``hidden`` marks cells to withhold besides the small ones. A lone withheld cell would equal the known total
-    minus the released cells, so the smallest released non-zero cell is withheld with it; when no such cell
-    exists the whole vector is withheld.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    hide = (counts > 0) & (counts < threshold)
-    if hidden is not None:
-        hide |= hidden
-    if hide.sum() == 1:
-        others = np.flatnonzero(~hide & (counts > 0))
-        if len(others):
-            hide[others[np.argmin(counts[others])]] = True
-        else:
-            hide[:] = True
-    return np.where(hide, SUPPRESSED, counts)
 
 
 def _protect(counts: np.ndarray, policy: DisclosurePolicy, rng: np.random.Generator, sensitivity: float,
@@ -98,69 +81,3 @@ def site_counts(y: np.ndarray, proba: np.ndarray, k: int, policy: DisclosurePoli
     out["rel-conf-sum"] = np.where(rel_n_p == SUPPRESSED, 0.0, rel_conf).tolist()
     out["bins"] = bins
     return out
-
-
-def _clean(values: list[float] | np.ndarray) -> np.ndarray:
-    """Released counts with withheld ones (-1) counted as 0."""
-    arr = np.asarray(values, dtype=float)
-    return np.where(arr == SUPPRESSED, 0.0, arr)
-
-
-def roc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(FPR, TPR, AUC) of one class from its binned score histograms (thresholds at bin edges)."""
-    tp = np.concatenate([[0.0], np.cumsum(pos[::-1])])
-    fp = np.concatenate([[0.0], np.cumsum(neg[::-1])])
-    if tp[-1] == 0 or fp[-1] == 0:
-        return fp, tp, float("nan")
-    tpr, fpr = tp / tp[-1], fp / fp[-1]
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
-
-
-def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
-    """Metrics from one or more sites' releases (summed), with what disclosure control withheld."""
-    k = len(classes)
-    cm = np.zeros((k, k), dtype=np.int64)
-    withheld = 0
-    n = correct = 0
-    loss = 0.0
-    bins = int(releases[0].get("bins", BINS)) if releases else BINS
-    pos, neg = np.zeros((k, bins)), np.zeros((k, bins))
-    rel_n, rel_ok, rel_conf = np.zeros(bins), np.zeros(bins), np.zeros(bins)
-    rel_withheld = np.zeros(bins, dtype=bool)
-    roc_withheld = 0
-    for r in releases:
-        c, h = confusion_from_release(r["confusion"], k)
-        cm, withheld = cm + c, withheld + h
-        n, correct, loss = n + int(r["n"]), correct + int(r["correct"]), loss + float(r.get("loss-sum", 0.0))
-        if "roc-pos" in r:
-            pos += _clean(r["roc-pos"]).reshape(k, bins)
-            neg += _clean(r["roc-neg"]).reshape(k, bins)
-            rel_n += _clean(r["rel-count"])
-            rel_ok += _clean(r["rel-correct"])
-            rel_conf += np.asarray(r["rel-conf-sum"], dtype=float)
-            rel_withheld |= (np.asarray(r["rel-count"]) == SUPPRESSED) | (np.asarray(r["rel-correct"]) == SUPPRESSED)
-            roc_withheld += int((np.asarray(r["roc-pos"]) == SUPPRESSED).sum() + (np.asarray(r["roc-neg"]) == SUPPRESSED).sum())
-    m = metrics_from_confusion(cm, classes)
-    m["n"], m["accuracy"] = n, (correct / n if n else float("nan"))  # exact, whatever cells were withheld
-    m["loss"] = loss / max(n, 1)
-    m["withheld_cells"] = withheld
-    m["auc_ovr"], m["ece"] = None, None
-    if len(releases) == 1:  # one site's matrix as released (-1 = withheld), for the report
-        m["confusion_released"] = np.asarray(releases[0]["confusion"], dtype=np.int64).reshape(k, k).tolist()
-    if pos.sum() > 0:
-        curves, aucs = {}, []
-        for c, name in enumerate(classes):
-            fpr, tpr, auc = roc_from_histograms(pos[c], neg[c])
-            curves[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auc}
-            if not np.isnan(auc):
-                aucs.append(auc)
-        m["roc"] = curves
-        m["roc_withheld_bins"] = roc_withheld  # histogram bins withheld by disclosure control (counted as 0)
-        m["auc_ovr"] = float(np.mean(aucs)) if aucs else None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc_b, conf_b = rel_ok / rel_n, rel_conf / rel_n
-        m["reliability"] = {"count": rel_n.tolist(), "accuracy": np.where(rel_n > 0, acc_b, np.nan).tolist(),
-                            "confidence": np.where(rel_n > 0, conf_b, np.nan).tolist(), "withheld": rel_withheld.tolist()}
-        ok = rel_n > 0
-        m["ece"] = float((rel_n[ok] / rel_n.sum() * np.abs(acc_b[ok] - conf_b[ok])).sum()) if ok.any() else None
-    return m

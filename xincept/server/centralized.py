@@ -14,6 +14,7 @@ from xincept.common.atomic import write_json_atomic
 from xincept.common.bundle import write_bundle
 from xincept.common.classifiers import predict_proba_full, sklearn_zoo, xgb_description
 from xincept.common.config import RunConfig
+from xincept.common.data import SiteData
 from xincept.common.metrics import bootstrap_ci, classification_metrics, prediction_curves, summarize_folds
 from xincept.common.model import XinceptModel, fit_model, select, validation_choice
 from xincept.common.progress import track
@@ -94,7 +95,13 @@ def run_centralized(data: Path, out: Path, cfg: RunConfig, classes: list[str] | 
                     allow_outside: bool = False) -> dict[str, Any]:
     """Train and evaluate on pooled data; write ``OUT/model``, ``OUT/metrics.json`` and ``OUT/report.md``."""
     t0 = time.perf_counter()
-    site = prepare_site(data, cfg, classes, manifest, show_progress, allow_outside)
+    from xincept.common.learnable import require_cv_folds
+
+    def learnable(d: SiteData) -> None:  # before any backbone is built or image embedded
+        fixed = any(r.split is not None for r in d.records)  # a manifest's split column: one fixed holdout
+        require_cv_folds(d, 1 if fixed else cfg.split.folds)
+
+    site = prepare_site(data, cfg, classes, manifest, show_progress, allow_outside, check=learnable)
     protocol, folds = protocol_for(site, cfg)
     t_embed = time.perf_counter() - t0
     cv = cross_validate(site, folds, cfg, compare, show_progress)

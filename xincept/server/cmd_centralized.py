@@ -11,6 +11,7 @@ import typer
 from xincept.common.cli import (
     AllowOutsideOpt, BackbonesOpt, CacheDirOpt, ClassesOpt, DataOpt, DeviceOpt, GroupBlockOpt, InputSizeOpt, ManifestOpt,
     NoPretrainedOpt, OutOpt, PrecisionOpt, RandomBackbonesOpt, VerboseOpt, WeightsDirOpt, friendly_errors, setup_logging,
+    warn_random_weights,
     split_names,
 )
 from xincept.common.config import THESIS_BACKBONES
@@ -57,6 +58,7 @@ def centralized(
     setup_logging(verbose)
     from xincept.common.config import (AugmentConfig, BackboneConfig, HeadConfig, RunConfig, SplitConfig, XGBConfig,
                                        default_cache_dir, head_recipe_changes)
+    from xincept.common.report import metric_text
     from xincept.common.site import weights_label
     from xincept.server.centralized import run_centralized
 
@@ -70,13 +72,14 @@ def centralized(
         augment=AugmentConfig(views=augment_views, seed=seed),
         cache_dir=cache_dir or default_cache_dir(),
     )
+    warn_random_weights(cfg.backbone.names, cfg.backbone.pretrained, cfg.backbone.random_backbones)
     metrics = run_centralized(data, out, cfg, split_names(classes), manifest, compare=compare,
                               allow_outside=allow_outside_paths)
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]
     typer.echo(
-        f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {100 * g['macro_f1']:.1f}%, "
-        f"AUC {100 * (g['auc_ovr'] or 0):.1f}% [{metrics['protocol']['kind']}, weights: {weights_label(metrics)}]\n"
+        f"accuracy {100 * g['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}), macro F1 {metric_text(g, 'macro_f1')}, "
+        f"AUC {metric_text(g, 'auc_ovr')} [{metrics['protocol']['kind']}, weights: {weights_label(metrics)}]\n"
         f"classifier per fold: {', '.join(metrics['classifier_chosen'])} (XGBoost alone "
         f"{100 * metrics['xgboost']['accuracy']:.1f}%, head softmax alone {100 * metrics['head_softmax']['accuracy']:.1f}%)\n"
         f"wrote {Path(out) / 'model'}, {Path(out) / 'metrics.json'}, {Path(out) / 'report.md'}"

@@ -9,7 +9,8 @@ import typer
 
 from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputSizeOpt, NoPretrainedOpt, PrecisionOpt,
                                 RandomBackbonesOpt,
-                                VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging)
+                                VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging,
+                                warn_random_weights)
 from xincept.common.config import THESIS_BACKBONES
 
 RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head (0: 10 for the local-epoch rules, 150 for fedsgd).")]
@@ -23,6 +24,8 @@ HeadMembersOpt = Annotated[int, typer.Option("--head-members", help="Heads train
                             "masks) whose softmax is averaged and whose embeddings feed XGBoost side by side; every round still "
                             "carries one head. 0: 3 for fedsgd, 1 for the others (and with --dp-epsilon).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Discard OUT/checkpoint of an earlier run and start over "
+                                        "(without --resume or --fresh such a folder is refused).")]
 XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
 DisclosureOpt = Annotated[str, typer.Option("--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
 MinCellOpt = Annotated[int, typer.Option("--min-cell-count", help="Smallest count a site releases (suppress policy).")]
@@ -60,6 +63,7 @@ def simulate(
     dp_epsilon: DpEpsilonOpt = 0.0,
     dp_delta: DpDeltaOpt = 1e-5,
     resume: ResumeOpt = False,
+    fresh: FreshOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -69,6 +73,10 @@ def simulate(
     from xincept.common.site import weights_label
     from xincept.server.simulate import run_simulated_federation
 
+    from xincept.common.errors import SettingError
+
+    if sites < 1:
+        raise SettingError(f"--sites {sites}: give 1 or more simulated sites")
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
                                 group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
                                 disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),
@@ -84,8 +92,14 @@ def simulate(
         merged.setdefault("rounds", 30)  # fedsgd: one step per round; 30 fit the synthetic classes
         merged.setdefault("head_members", 1)  # one head: the demonstration stays within a few minutes
     settings = FedSettings.from_flat(merged)
-    metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir, weights_dir=weights_dir,
-                                       reference=reference)
+    from xincept.server.interrupt import claim_out_dir, stop_on_interrupt
+
+    settings.run_config()  # backbone, head and split settings refused here, not at the sites after start-up
+    claim_out_dir(out, settings.resume, fresh)
+    warn_random_weights(settings.backbones, settings.pretrained, settings.random_backbones)
+    with stop_on_interrupt(out):
+        metrics = run_simulated_federation(data, sites, partition, settings, demo=demo, cache_dir=cache_dir,
+                                           weights_dir=weights_dir, reference=reference)
     g = metrics["global"]
     lo, hi = g["ci95"]["accuracy"]
     ref = metrics.get("centralized_reference", {}).get("head_softmax")

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setup_logging
-from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, MinCellOpt, ResumeOpt,
-                                         RoundsOpt, StrategyOpt, XgbModeOpt)
+from xincept.common.cli import (RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setup_logging,
+                                warn_random_weights)
+from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, FreshOpt, MinCellOpt,
+                                         ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt)
 
 
 @friendly_errors
@@ -37,6 +38,7 @@ def start(
     dp_epsilon: DpEpsilonOpt = 0.0,
     dp_delta: DpDeltaOpt = 1e-5,
     resume: ResumeOpt = False,
+    fresh: FreshOpt = False,
     config: ConfigOpt = None,
     separate_serverapp: Annotated[bool, typer.Option("--separate-serverapp", help="Run the ServerApp in Flower's own flwr-serverapp process (started by its SuperExec) instead of inside the SuperLink process (each round then takes more requests to the SuperLink).")] = False,
     verbose: VerboseOpt = False,
@@ -65,6 +67,11 @@ def start(
     if input_size:
         values["input_size"] = input_size
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})
+    from xincept.server.interrupt import claim_out_dir
+
+    settings.run_config()  # backbone, head and split settings refused here, not at the sites after start-up
+    claim_out_dir(out, settings.resume, fresh)
+    warn_random_weights(settings.backbones, settings.pretrained, settings.random_backbones)
     metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys,
                                                      separate_serverapp=separate_serverapp))
     g = metrics["global"]

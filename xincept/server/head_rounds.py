@@ -17,7 +17,7 @@ from xincept.client.task import new_head_for
 from xincept.common.errors import XinceptError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.packing import layout_of, unpack
-from xincept.common.site_counts import pooled_metrics
+from xincept.common.pooled_metrics import pooled_metrics
 from xincept.head_message import head_arrays, head_content, packed_vector
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
@@ -100,10 +100,17 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         sites = {s: pooled_metrics([rel], classes) for s, rel in sorted(releases.items())}
         rec["val"] = {"global": {k: glob[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "n")},
                       "sites": {s: {k: v[k] for k in ("accuracy", "loss", "n")} for s, v in sites.items()}}
-        log.info("%s round %d/%d: val accuracy %.3f, loss %.4f", label, rec["round"], settings.rounds, glob["accuracy"], glob["loss"])
-        if (glob["accuracy"], -glob["loss"]) > best_key:  # ties: lower loss, as in centralized early stopping
-            best_state, best_key, result.selected_round = ({k: v.clone() for k, v in evaluated.items()},
-                                                           (glob["accuracy"], -glob["loss"]), rec["round"])
+        acc, loss = glob["accuracy"], glob["loss"]
+        if acc is None or loss is None:  # no validation images released: this round cannot be chosen
+            log.warning("%s round %d/%d: no validation counts", label, rec["round"], settings.rounds)
+            return
+        r = rec["round"]  # every round in metrics.json and with -v; on screen the global model's first, every 10th, last
+        shown = label == "global" and (r in (1, settings.rounds) or r % 10 == 0)
+        log.log(logging.INFO if shown else logging.DEBUG,
+                "%s round %d/%d: val accuracy %.3f, loss %.4f", label, r, settings.rounds, acc, loss)
+        if (acc, -loss) > best_key:  # ties: lower loss, as in centralized early stopping
+            best_state, best_key, result.selected_round = ({k: v.clone() for k, v in evaluated.items()}, (acc, -loss),
+                                                           rec["round"])
 
     def checkpoint(r: int) -> None:
         save_checkpoint(ckpt_dir, Checkpoint(r, state, result.rounds, strategy_state(strategy),

@@ -27,8 +27,9 @@ def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: 
                     classes: list[str] | None = None, site_policy: Any = None) -> tuple[list[str], list[str]]:
     """Write one manifest per simulated site (``out/site-N.csv``) and the policy every simulated site enforces
     (``out/policy.json``: ``site_policy``, or one made from ``settings``); returns (site names, class list)."""
+    from xincept.common.learnable import require_site_splits, require_sites, require_two_classes
+
     kind, _ = parse_scheme(scheme)
-    out.mkdir(parents=True, exist_ok=True)
     if kind == "folders":
         folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
@@ -39,15 +40,20 @@ def make_partitions(data: Path, n_sites: int, scheme: str, out: Path, settings: 
         from xincept.client.policy import valid_site_name
 
         names = [valid_site_name(f.name) for f in folders]
+        require_two_classes([r for s in scans for r in s.records], classes, str(data))
+        out.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(scans):
             write_manifest(out / f"site-{i}.csv", s.records, classes)
     else:
         site = scan_site(data, classes, group_block=settings.group_block, show_progress=True)
         classes = site.classes
+        require_two_classes(site.records, classes, str(data))
+        require_sites(n_sites, site.records, settings.group_block)
         parts = partition_groups(site.records, n_sites, scheme, len(classes), settings.seed)
+        require_site_splits(parts, site.records, scheme, settings.test_fraction, settings.val_fraction, settings.seed,
+                            settings.test_fold, settings.min_cell_count if settings.disclosure == "suppress" else 1)
+        out.mkdir(parents=True, exist_ok=True)  # nothing is written for a refused run
         for i, idx in enumerate(parts):
-            if not idx:
-                raise SettingError(f"--partition {scheme}: site {i} received no images; use fewer sites or a larger alpha")
             write_manifest(out / f"site-{i}.csv", [site.records[j] for j in idx], classes)
         names = [f"site-{i}" for i in range(n_sites)]
     write_json_atomic(out / "sites.json", {"names": names, "classes": classes, "scheme": scheme})

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from xincept.common.fedconfig import FedSettings
-from xincept.common.site_counts import pooled_metrics
+from xincept.common.pooled_metrics import pooled_metrics
 from xincept.head_message import head_content
 
 log = logging.getLogger(__name__)

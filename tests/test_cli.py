@@ -80,3 +80,13 @@ def test_every_help_fits_80_columns_and_version_prints(monkeypatch: pytest.Monke
             assert text.startswith("Usage"), (command, text[:200])
             assert max(len(line) for line in text.splitlines()) <= 80, command
             assert "…" not in text and "\\[" not in text, command
+
+
+def test_join_help_points_to_a_policy_table_that_lists_every_field() -> None:
+    from xincept.client.policy import describe_fields
+
+    guide = (Path(__file__).resolve().parents[1] / "deploy" / "README.md").read_text()
+    names = [n.strip() for field, _, _ in describe_fields() for n in field.split(",")]  # "a, b" rows list several
+    missing = [n for n in names if f"`{n}`" not in guide]
+    assert not missing, f"deploy/README.md does not document policy field(s) {missing}"
+    assert "deploy/README.md" in CliRunner().invoke(client_app, ["join", "--help"], terminal_width=80).output

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from xincept.client.policy import describe_fields
 from xincept.common.cli import (AllowOutsideOpt, CacheDirOpt, ClassesOpt, DataOpt, ManifestOpt, WeightsDirOpt, friendly_errors,
                                 setup_logging, split_names)
 

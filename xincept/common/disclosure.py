@@ -83,9 +83,8 @@ def _suppress(cm: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, n
     hidden = (cm > 0) & (cm < threshold)
     diag = np.eye(k, dtype=bool)
     # every total counts as known, withheld or not: a class's images also follow from its released score histograms
-    parts = [(diag, True), (~diag, True)]
-    parts += [(np.outer(np.eye(k, dtype=bool)[i], np.ones(k, dtype=bool)), True) for i in range(k)]
-    parts += [(np.outer(np.ones(k, dtype=bool), np.eye(k, dtype=bool)[j]), True) for j in range(k)]
+    rows_of = [np.outer(np.eye(k, dtype=bool)[i], np.ones(k, dtype=bool)) for i in range(k)]
+    parts = [diag, ~diag, *rows_of, *(r.T for r in rows_of)]
 
     def complement(part: np.ndarray) -> tuple[int, int] | None:
         for pool in (part & ~hidden & ~diag & (cm > 0), part & ~hidden & ~diag, part & ~hidden & diag):
@@ -98,8 +97,8 @@ def _suppress(cm: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, n
     changed = True
     while changed:
         changed = False
-        for part, known in parts:
-            if known and (hidden & part).sum() == 1:
+        for part in parts:
+            if (hidden & part).sum() == 1:
                 cell = complement(part)
                 if cell is not None:
                     hidden[cell] = True
@@ -124,10 +123,3 @@ def release_confusion(cm: np.ndarray, policy: DisclosurePolicy, rng: np.random.G
         released, rows, cols = cm, cm.sum(1), cm.sum(0)
     return {"confusion": released.reshape(-1).tolist(), "n": int(cm.sum()), "correct": int(np.trace(cm)),
             "suppressed": int((released == SUPPRESSED).sum()), "class-total": rows.tolist(), "pred-total": cols.tolist()}
-
-
-def confusion_from_release(flat: list[int] | np.ndarray, k: int) -> tuple[np.ndarray, int]:
-    """The released matrix with withheld cells counted as 0, and how many were withheld."""
-    arr = np.asarray(flat, dtype=np.int64).reshape(k, k)
-    hidden = arr == SUPPRESSED
-    return np.where(hidden, 0, arr), int(hidden.sum())

@@ -18,8 +18,7 @@ import numpy as np
 
 from xincept.common.count_metrics import WITHHELD, ClassCounts, metrics_from_counts
 from xincept.common.disclosure import SUPPRESSED
-
-BINS = 10
+from xincept.common.site_counts import BINS
 
 
 def _pool(vectors: list[Any], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -139,7 +139,7 @@ def test_node_config_and_supernode_command(tmp_path: Path) -> None:
     opts = NodeOptions(site='st "mary"', data=tmp_path, server="h:9092", root_cert=tmp_path / "ca.crt", clientapp_port=9300)
     nc = node_config(opts)
     assert 'site="st \\"mary\\""' in nc and f'data-dir="{tmp_path.resolve()}"' in nc
-    cmd = supernode_command(opts)
+    cmd = supernode_command(opts, tmp_path / "secret")
     assert cmd[cmd.index("--root-certificates") + 1].endswith("ca.crt") and "--insecure" not in cmd
 
 

@@ -323,9 +323,10 @@ def test_join_starts_the_supernode_without_flowers_own_clientapp_processes() -> 
 
     opts = NodeOptions(site="hospital-a", data=Path("/data"), server="s:9092", insecure=True, state_dir=Path("/state"),
                        policy_file=Path("/state/policy.json"))
-    cmd = supernode_command(opts)
+    cmd = supernode_command(opts, Path("/private/secret"))
     assert cmd[cmd.index("--isolation") + 1] == "process" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[1:3] == ["-m", "xincept.client.fast_supernode"]  # Flower's SuperNode, polling fast during a run
+    assert cmd[1:4] == ["-m", "xincept.flower_compat", "flower-supernode"]  # Flower's own SuperNode entry point
+    assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == "/private/secret"  # tasks only for join's runner
     assert 'policy-file="/state/policy.json"' in node_config(opts) and 'state-dir="/state"' in node_config(opts)
 
 

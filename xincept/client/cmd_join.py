@@ -40,7 +40,7 @@ def join(
     privacy_ledger: Annotated[Path | None, typer.Option("--privacy-ledger", help="This site's privacy ledger (default STATE_DIR/privacy-ledger.json; never inside the cache).")] = None,
     audit_log: Annotated[Path | None, typer.Option("--audit-log", help="Audit log of every message this site sends (default STATE_DIR/audit.jsonl; always on).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for this site's training and scoring (default: one per core; lower it on a machine shared with other work or other sites).")] = None,
-    separate_runner: Annotated[bool, typer.Option("--separate-runner", help="Answer the server's messages from a separate runner process instead of inside the SuperNode process (the SuperNode then never loads torch or the site's features; each round takes longer: a dozen local HTTP requests per message).")] = False,
+    separate_runner: Annotated[bool, typer.Option("--separate-runner", hidden=True, help="Accepted for old scripts: the site's runner is always a separate process beside Flower's SuperNode.")] = False,
 ) -> None:
     """Check DATA like `xincept-client check`, then join the federation at SERVER as SITE (Ctrl-C leaves).
 
@@ -96,5 +96,5 @@ def join(
                                      cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port, tls_dir=tls_dir,
                                      max_retries=max_retries, max_wait_time=max_wait_time, state_dir=state.dir,
                                      policy_file=policy_file, audit_log=audit_log, privacy_ledger=privacy_ledger,
-                                     threads=threads, separate_runner=separate_runner))
+                                     threads=threads))
     raise typer.Exit(code)

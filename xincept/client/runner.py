@@ -2,10 +2,10 @@
 
 Flower's default SuperNode launches a fresh ``flwr-clientapp`` process per message, which unpacks the app
 bundle (FAB) the server submitted and imports the ClientApp it names, so the server decides what code
-runs at the site. ``xincept-client join`` instead starts the SuperNode with ``--isolation process`` and answers
-every task with :func:`answer_task`: inside the SuperNode process (:mod:`xincept.client.in_supernode`, the
-default) or from this runner beside it (``join --separate-runner``, or where the installed Flower does not allow
-the former). The runner takes each task from the SuperNode's local Runtime API (127.0.0.1),
+runs at the site. ``xincept-client join`` instead starts Flower's SuperNode with ``--isolation process`` and this
+runner beside it, which answers every task with :func:`answer_task`. The runner takes each task from the
+SuperNode's local Runtime API (127.0.0.1; the SuperNode hands tasks only to requests signed with join's per-start
+secret, which only this runner holds),
 reads the FAB only as data (a zip whose files and declared components are checked, never unpacked onto
 ``sys.path`` or imported) and answers with :data:`xincept.client.app.app` from the installed package.
 A FAB that holds code or names other components is refused before anything runs.
@@ -39,13 +39,11 @@ class Runner:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
-        from flwr.supernode.runtime import run_clientapp
-
+        from xincept import flower_compat
         from xincept.client.app import app  # the installed code: imported once, before any task arrives
-        from xincept.flower_waits import shorten_pull_backoff
 
         # the SuperNode hands over a task before it holds the message's arrays: retry in ms, not Flower's 1 s, 2 s ...
-        shorten_pull_backoff(run_clientapp, "pull_and_inflate_object_from_tree")
+        flower_compat.apply("runner")
 
         client = self._client(None)
         signal.signal(signal.SIGTERM, self._stop)
@@ -75,7 +73,7 @@ class Runner:
         interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
         if token:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
-        else:  # AcquireTask: signed with the SuperNode's local secret (xincept.client.fast_supernode.runtime_secret)
+        else:  # AcquireTask: signed with the SuperNode's local secret (xincept.client.supernode.run_supernode)
             interceptors += acquire_signer()
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=True, root_certificates=None,
                                                      interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
@@ -94,9 +92,9 @@ def acquire_signer() -> list:
     import os
     from pathlib import Path
 
-    from xincept.client.fast_supernode import SECRET_ENV
+    from xincept.common.runtime_secret import RUNNER_SECRET_ENV
 
-    path = os.environ.get(SECRET_ENV)
+    path = os.environ.get(RUNNER_SECRET_ENV)
     if not path:
         return []
     from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
@@ -108,8 +106,7 @@ def acquire_signer() -> list:
 def answer_task(app, client) -> None:
     """One ClientApp task: pull the message, check the FAB as data, answer with the installed app, push the reply.
 
-    ``client`` is the SuperNode's Runtime API: an HTTP client (a separate runner process) or
-    :class:`xincept.client.in_supernode.LocalRuntime` (the same calls, made inside the SuperNode process).
+    ``client`` is the SuperNode's Runtime API (Flower's ``RuntimeHttpClient``, holding the task's token).
     """
     from flwr.app import Error, Message
     from flwr.common.constant import ErrorCode, SubStatus

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xincept.client.fast_supernode import SEPARATE_RUNNER_ENV
 from xincept.common.processes import stop_tree
+from xincept.common.runtime_secret import RUNNER_SECRET_ENV, write_runtime_secret
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ class NodeOptions:
     audit_log: Path | None = None
     privacy_ledger: Path | None = None  # default: state-dir/privacy-ledger.json
     threads: int | None = None  # CPU threads of the site's computations (default: torch's, one per core)
-    separate_runner: bool = False  # answer tasks from a separate runner process, not inside the SuperNode process
 
 
 def _quote(v: str) -> str:
@@ -63,14 +64,17 @@ def node_config(opts: NodeOptions) -> str:
     return " ".join(f"{k}={_quote(v)}" for k, v in items.items())
 
 
-def supernode_command(opts: NodeOptions) -> list[str]:
-    # --isolation process: Flower launches no ClientApp of its own; the SuperNode process answers every task with the
-    # installed code (xincept.client.in_supernode; or the separate runner, xincept.client.runner), so a server cannot
-    # make the site run code it supplies
-    # xincept.client.fast_supernode: Flower's SuperNode, polling quickly while a run is active (it sleeps 3 s otherwise)
-    cmd = [sys.executable, "-m", "xincept.client.fast_supernode", "--superlink", opts.server,
+def supernode_command(opts: NodeOptions, secret: Path) -> list[str]:
+    """Flower's own ``flower-supernode``, started through :mod:`xincept.flower_compat` (its shorter waits, on the tested
+    Flower release only).
+
+    ``--isolation process``: Flower launches no ClientApp of its own; the site's runner (xincept.client.runner) answers
+    every task with the installed code, so a server cannot make the site run code it supplies. ``secret``: the SuperNode
+    hands tasks on its local API (127.0.0.1) only to requests signed with it, which only the runner holds.
+    """
+    cmd = [sys.executable, "-m", "xincept.flower_compat", "flower-supernode", "--superlink", opts.server,
            "--node-config", node_config(opts), "--host", "127.0.0.1", "--port", str(opts.clientapp_port),
-           "--isolation", "process"]
+           "--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     if opts.insecure:
         cmd.append("--insecure")
     elif opts.root_cert is not None:
@@ -124,44 +128,68 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def run_supernode(opts: NodeOptions) -> int:
-    """Run the SuperNode in the foreground; Ctrl-C stops it cleanly. Returns its exit code.
+HEALTHY_S = 60.0  # a SuperNode that ran this long was connected: the next failure starts the backoff afresh
 
-    Flower's SuperNode gives up quickly when the server is not up yet or has not registered this node's
-    key yet; the site keeps trying with backoff (up to 60 s between tries) until ``max_wait_time``
-    (default: unlimited), so a hospital can start before the coordinator.
+
+def start_runner(opts: NodeOptions, secret: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The site's runner (``xincept.client.runner``) for one SuperNode: it takes that SuperNode's tasks (signed with
+    ``secret``) and stops when this process is gone, however it ended."""
+    return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}",
+                             str(os.getpid())], env={**env, RUNNER_SECRET_ENV: str(secret)}, start_new_session=True)
+
+
+def run_supernode(opts: NodeOptions) -> int:
+    """Run Flower's SuperNode and the site's runner in the foreground until Ctrl-C or SIGTERM (then 0).
+
+    The site keeps itself in the federation: whenever the SuperNode ends (the server is not up yet, has not
+    registered this node's key yet, was restarted and no longer knows this node, or the network dropped), it is
+    started again with a fresh runner, with backoff (2 s doubling to 60 s, reset after a SuperNode that ran
+    ``HEALTHY_S``), until ``max_retries`` restarts or ``max_wait_time`` seconds of trying; then it exits non-zero.
     """
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}  # hospitals are offline: Flower must not try to phone home
     if opts.cache_dir:
         env["XINCEPT_CACHE_DIR"] = str(opts.cache_dir)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    start, delay, tries = time.monotonic(), 2.0, 0
-    proc = None
-    if opts.threads:  # torch and XGBoost read these when they start (the site's work runs in the SuperNode's process tree)
+    if opts.threads:  # torch and XGBoost read these when they start (the site's work runs in the runner)
         env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
-    if opts.separate_runner:
-        env[SEPARATE_RUNNER_ENV] = "1"
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    private = Path(tempfile.mkdtemp(prefix="xincept-join-"))  # mode 0700: this user only
+    delay, tries, trying_since = 2.0, 0, time.monotonic()
+    proc = runner = None
     try:
         while True:
+            secret = private / f"secret-{tries}"
+            secret.mkdir()
+            secret = write_runtime_secret(secret)  # a fresh secret per SuperNode: only its own runner takes its tasks
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
-            proc = subprocess.Popen(supernode_command(opts), env=env, start_new_session=True, stdout=subprocess.PIPE,
+            started = time.monotonic()
+            proc = subprocess.Popen(supernode_command(opts, secret), env=env, start_new_session=True, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+            runner = start_runner(opts, secret, env)
             code, refused = _stream(proc)
+            stop_tree(runner, timeout=10)
+            if time.monotonic() - started > HEALTHY_S:
+                delay, tries, trying_since = 2.0, 0, time.monotonic()
             tries += 1
-            waited = time.monotonic() - start
-            out_of_time = opts.max_wait_time is not None and waited + delay > opts.max_wait_time
+            out_of_time = opts.max_wait_time is not None and time.monotonic() - trying_since + delay > opts.max_wait_time
             out_of_tries = opts.max_retries is not None and tries > opts.max_retries
-            if not refused or out_of_time or out_of_tries:
-                return code
-            log.warning("site %s: could not connect to %s or this node was refused (is the server up, and is this node's "
-                        "key registered there?); trying again in %.0f s", opts.site, opts.server, delay)
+            if out_of_time or out_of_tries:
+                log.error("site %s: the SuperNode ended (code %s) and the reconnection limit is reached (--max-retries %s, "
+                          "--max-wait-time %s): giving up; start `xincept-client join` again once the server is reachable",
+                          opts.site, code, opts.max_retries, opts.max_wait_time)
+                return code or 1
+            why = ("could not connect or this node was refused (is the server up, and is this node's key registered there?)"
+                   if refused else f"the SuperNode ended (code {code}; the server may have restarted)")
+            log.warning("site %s: %s; reconnecting to %s in %.0f s", opts.site, why, opts.server, delay)
             time.sleep(delay)
             delay = min(delay * 2, 60.0)
     except KeyboardInterrupt:
-        log.info("site %s: leaving the federation (stopping the SuperNode)", opts.site)
-        if proc is not None:
-            stop_tree(proc, timeout=15)
+        log.info("site %s: leaving the federation (stopping the SuperNode and the runner)", opts.site)
+        for p in (proc, runner):
+            if p is not None:
+                stop_tree(p, timeout=10)
         return 0
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -61,12 +61,12 @@ def setup_logging(verbose: bool = False) -> None:
     handler = RichHandler(show_path=False, rich_tracebacks=False, console=_err_console())
     handler.setLevel(level)
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
-    flwr = logging.getLogger("flwr")
-    flwr.propagate = False
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.propagate = False
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not verbose and not any(isinstance(f, _QuietFlower) for f in flwr.filters):
-        flwr.addFilter(_QuietFlower())
+    if not verbose and not any(isinstance(f, _QuietFlower) for f in flwr_log.filters):
+        flwr_log.addFilter(_QuietFlower())
     if not verbose:
         for category in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", category=category)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 SECRET_BYTES = 32
+RUNNER_SECRET_ENV = "XINCEPT_RUNTIME_SECRET_FILE"  # the site runner signs its task requests with this file's secret
 
 
 def write_runtime_secret(folder: Path) -> Path:

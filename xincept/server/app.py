@@ -14,20 +14,6 @@ from xincept.common.fedconfig import FedSettings
 log = logging.getLogger(__name__)
 
 
-def _shorten_grid_waits() -> None:
-    """The ServerApp's grid pulls each reply's arrays with Flower's 1 s, 2 s ... backoff (xincept.flower_waits)."""
-    try:
-        from flwr.superlink.grid import http_grid
-    except ImportError:  # another Flower layout: its own waits apply
-        return
-    from xincept.flower_waits import shorten_pull_backoff
-
-    shorten_pull_backoff(http_grid, "pull_objects")
-
-
-_shorten_grid_waits()
-
-
 def make_server_app(settings: FedSettings | None = None, classes: list[str] | None = None,
                     errors: list[BaseException] | None = None) -> ServerApp:
     """A ServerApp; without ``settings`` they come from the run config (``flwr run`` deployments).
@@ -41,9 +27,11 @@ def make_server_app(settings: FedSettings | None = None, classes: list[str] | No
         from xincept.server.federation import run_federation
 
         if settings is None:  # deployed (flwr-serverapp): the operator follows the rounds in `xincept-server start`'s output
+            from xincept import flower_compat
             from xincept.common.cli import log_xincept_to_stderr
 
             log_xincept_to_stderr()
+            flower_compat.apply("serverapp")  # the grid's object pulls: milliseconds, not Flower's 1 s, 2 s ... backoff
         run_settings = settings or FedSettings.from_flat(dict(context.run_config))
         status = Path(run_settings.out_dir) / "status.json"
         try:

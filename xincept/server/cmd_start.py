@@ -40,7 +40,7 @@ def start(
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
     config: ConfigOpt = None,
-    separate_serverapp: Annotated[bool, typer.Option("--separate-serverapp", help="Run the ServerApp in Flower's own flwr-serverapp process (started by its SuperExec) instead of inside the SuperLink process (each round then takes more requests to the SuperLink).")] = False,
+    separate_serverapp: Annotated[bool, typer.Option("--separate-serverapp", hidden=True, help="Accepted for old scripts: the ServerApp always runs in Flower's own flwr-serverapp process.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start a Flower SuperLink, wait for hospital sites, train, and write OUT/model, OUT/metrics.json, OUT/report.md."""
@@ -72,8 +72,7 @@ def start(
     settings.run_config()  # backbone, head and split settings refused here, not at the sites after start-up
     claim_out_dir(out, settings.resume, fresh)
     warn_random_weights(settings.backbones, settings.pretrained, settings.random_backbones)
-    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys,
-                                                     separate_serverapp=separate_serverapp))
+    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys))
     g = metrics["global"]
     typer.echo(f"federated accuracy {100 * g['accuracy']:.1f}% over {g['n']} held-out images at {len(metrics['sites'])} sites; "
                f"wrote {out / 'model'}, {out / 'metrics.json'}, {out / 'report.md'}")

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from xincept.common.atomic import write_text_atomic
 from xincept.common.errors import XinceptError
 from xincept.common.processes import stop_tree
+from xincept.common.runtime_secret import write_runtime_secret
 from xincept.common.fedconfig import FedSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ class LinkOptions:
     # round trip per object (the SuperLink was CPU-bound on it; bench/deployed.py). Nothing of it is needed to resume:
     # the run resumes from xincept's own checkpoints, and the node keys are registered at every start.
     database: str = ":flwr-in-memory:"
-    separate_serverapp: bool = False  # Flower's SuperExec + a flwr-serverapp process per run, not the SuperLink's thread
 
 
 def _toml_value(v: object) -> str:
@@ -103,20 +104,39 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
     raise ServerError(f"the SuperLink did not open {host}:{port} within {timeout:.0f} s")
 
 
-def superlink_command(opts: LinkOptions, state_dir: Path) -> list[str]:
-    # Flower's SuperLink, its API-specific middleware run only on its own API's requests (xincept.server.fast_superlink)
-    cmd = [sys.executable, "-m", "xincept.server.fast_superlink", "--host", opts.host, "--port", str(opts.port),
+def _tls_args(opts: LinkOptions) -> dict[str, Path]:
+    from xincept.common.tls import tls_files
+
+    return tls_files(opts.tls_dir)  # type: ignore[arg-type]
+
+
+def superlink_command(opts: LinkOptions, state_dir: Path, secret: Path) -> list[str]:
+    """Flower's own ``flower-superlink``. ``--isolation process``: it starts no SuperExec of its own; the one
+    :func:`superexec_command` describes takes the run's ServerApp task, signed with ``secret`` (Flower's SuperExec
+    authentication), so nobody else who reaches the port can take the task and act as the run's ServerApp."""
+    cmd = [shutil.which("flower-superlink") or "flower-superlink", "--host", opts.host, "--port", str(opts.port),
            "--database", opts.database if opts.database else str(state_dir / "superlink.db"),
-           "--disable-runtime-dependency-installation"]
+           "--disable-runtime-dependency-installation", "--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     if opts.insecure:
         cmd.append("--insecure")
     else:
-        from xincept.common.tls import tls_files
-
-        files = tls_files(opts.tls_dir)  # type: ignore[arg-type]
+        files = _tls_args(opts)
         cmd += ["--ssl-ca-certfile", str(files["ca"]), "--ssl-certfile", str(files["cert"]), "--ssl-keyfile", str(files["key"])]
     if opts.auth_keys is not None:
         cmd.append("--enable-supernode-auth")  # only registered nodes may connect (register_nodes)
+    return cmd
+
+
+def superexec_command(opts: LinkOptions, secret: Path) -> list[str]:
+    """Flower's own ``flower-superexec``: it starts a ``flwr-serverapp`` process per run (the installed xincept
+    ServerApp; the submitted bundle is checked as data, xincept.common.fab) and ends with this process."""
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host
+    cmd = [shutil.which("flower-superexec") or "flower-superexec", "--runtime-api-address", f"{host}:{opts.port}",
+           "--parent-pid", str(os.getpid()), "--superexec-auth-secret-file", str(secret)]
+    if opts.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(_tls_args(opts)["ca"])]
     return cmd
 
 
@@ -149,16 +169,17 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     settings = FedSettings.from_flat({**settings.to_flat(), "out-dir": str(out)})
     app_dir = write_app_dir(state / "app", settings)
     env = {**os.environ, "FLWR_HOME": str(state / "flwr-home"), "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    if opts.separate_serverapp:
-        from xincept.server.fast_superlink import SEPARATE_SERVERAPP_ENV
-
-        env[SEPARATE_SERVERAPP_ENV] = "1"
     write_flwr_home(state / "flwr-home", opts)
+    private = Path(tempfile.mkdtemp(prefix="xincept-start-"))  # mode 0700: this user only
+    secret = write_runtime_secret(private)  # a fresh one per start
     link_log = (state / "superlink.log").open("ab")
-    link = subprocess.Popen(superlink_command(opts, state), stdout=link_log, stderr=subprocess.STDOUT, env=env,
+    link = subprocess.Popen(superlink_command(opts, state, secret), stdout=link_log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, cwd=state)
+    superexec = runner = None
     try:
         wait_port(opts.host, opts.port, 60, link)
+        superexec = subprocess.Popen(superexec_command(opts, secret), stdout=link_log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, cwd=state)
         if opts.auth_keys is not None:
             register_nodes(public_keys(opts.auth_keys), env, state)
         log.info("SuperLink listening on %s:%d (%s); waiting for %d site(s) for up to %.0f s",
@@ -173,13 +194,16 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
                 raise ServerError(f"`flwr run` failed with code {runner.returncode}; see the log above and {state / 'superlink.log'}")
             if link.poll() is not None:
                 raise ServerError(f"the SuperLink stopped (code {link.returncode}); see {state / 'superlink.log'}")
+            if superexec.poll() is not None:
+                raise ServerError(f"Flower's SuperExec stopped (code {superexec.returncode}); see {state / 'superlink.log'}")
             if deadline is not None and time.monotonic() > deadline:
                 raise ServerError(f"the run did not finish within {timeout:.0f} s")
             time.sleep(0.5)
-        stop_tree(runner, timeout=5)
     finally:
-        stop_tree(link)
+        for proc in (runner, superexec, link):  # the run's flwr-serverapp is the SuperExec's child
+            stop_tree(proc, timeout=5)
         link_log.close()
+        shutil.rmtree(private, ignore_errors=True)
     status = json.loads(status_path.read_text())
     if status.get("state") != "finished":
         raise ServerError(status.get("error", "the run failed"))

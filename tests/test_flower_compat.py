@@ -1,0 +1,152 @@
+"""xincept.flower_compat: the one module that touches Flower's internals, applied only on the tested release."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+
+from xincept import flower_compat as fc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.now += s
+
+
+def test_idle_site_keeps_flowers_three_seconds_and_active_site_polls_fast() -> None:
+    fake = FakeTime()
+    clock = fc.AdaptiveClock(real=fake, window_s=10.0)
+    clock.sleep(fc.IDLE_PULL_S)  # no run yet: Flower's own interval
+    assert fake.slept == [3.0]
+    clock.sleep(fc.REPLY_WAIT_S)  # a message is being answered
+    clock.sleep(fc.IDLE_PULL_S)  # waiting for the next round
+    assert fake.slept[1:] == [fc.REPLY_POLL_S, fc.ACTIVE_POLL_S]
+    fake.now += 11.0  # the run ended long ago
+    clock.sleep(fc.IDLE_PULL_S)
+    assert fake.slept[-1] == 3.0
+    assert clock.monotonic() == fake.now  # everything else is the real module's
+
+
+def test_the_supernode_loop_is_changed_only_where_it_has_the_time_module_expected() -> None:
+    import time
+
+    calls = iter([None, 7])
+    module = types.SimpleNamespace(time=time, _pull_and_store_message=lambda *a, **k: next(calls))
+    assert fc.shorten_supernode_loop(module) and isinstance(module.time, fc.AdaptiveClock)
+    clock = module.time
+    assert module._pull_and_store_message() is None and clock.last_activity == float("-inf")
+    assert module._pull_and_store_message() == 7 and time.monotonic() - clock.last_activity < 1.0  # a run is active
+    assert not fc.shorten_supernode_loop(types.SimpleNamespace(time=object()))  # an unknown layout: left as it is
+
+
+def test_a_pull_keeps_flowers_tries_and_backs_off_quickly_first() -> None:
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    seen: list[dict] = []
+    module = types.SimpleNamespace(pull=lambda tree, fetch, **kw: seen.append(kw) or fetch("x"))
+    assert fc.shorten_pull_backoff(module, "pull")
+    assert not fc.shorten_pull_backoff(module, "pull")  # already wrapped
+    assert not fc.shorten_pull_backoff(module, "missing")
+    assert module.pull("tree", lambda oid: b"ok") == b"ok"
+    assert seen[0]["initial_backoff"] == fc.SLOW_FIRST_S and "backoff_cap" not in seen[0]  # Flower's cap and tries
+
+    fake, tries = FakeTime(), []
+
+    def fetch(oid: str) -> bytes:
+        tries.append(fake.now)
+        if fake.now < 0.1:
+            raise ObjectUnavailableError(oid)
+        return b"arrived"
+
+    pull = fc.quick_retries(fetch, clock=fake.monotonic, sleep=fake.sleep)
+    assert pull("a") == b"arrived" and fake.now < 0.2  # picked up within ms of arriving, not after Flower's 1 s
+
+    def never(oid: str) -> bytes:
+        tries.append(fake.now)
+        raise ObjectUnavailableError(oid)
+
+    pull, before = fc.quick_retries(never, clock=fake.monotonic, sleep=fake.sleep), len(tries)
+    with pytest.raises(ObjectUnavailableError):  # quick tries for half a second, then Flower's backoff takes over
+        pull("b")
+    assert fake.now - tries[before] <= fc.QUICK_WINDOW_S and len(tries) - before <= 16
+    fake.now, before = fake.now + 1.0, len(tries)
+    with pytest.raises(ObjectUnavailableError):  # asked again later: one try (the caller's backoff spaces them)
+        pull("b")
+    assert len(tries) - before == 1
+
+
+def test_flowers_tested_release_still_has_what_the_module_changes() -> None:
+    """Fails when a Flower upgrade moves what flower_compat changes (it would then change nothing on that release)."""
+    import inspect
+
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal as sci
+    from flwr.supernode.runtime import run_clientapp
+
+    assert fc.is_tested()  # pyproject pins flwr to a tested release
+    src = inspect.getsource(sci)
+    assert "time.sleep(3)" in src and "time.sleep(0.5)" in src and callable(sci._pull_and_store_message)
+    for fn in (http_grid.pull_objects, sci.pull_objects, run_clientapp.pull_and_inflate_object_from_tree):
+        assert {"initial_backoff", "pull_object_fn"} <= set(inspect.signature(inspect.unwrap(fn)).parameters)
+
+
+def test_an_untested_flower_gets_nothing_patched_and_one_warning(monkeypatch, caplog) -> None:
+    import flwr
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal as sci
+    from flwr.supernode.runtime import run_clientapp
+
+    before = (sci.time, sci._pull_and_store_message, sci.pull_objects, http_grid.pull_objects,
+              run_clientapp.pull_and_inflate_object_from_tree)
+    monkeypatch.setattr(flwr, "__version__", "9.9.0")
+    monkeypatch.setattr(fc, "_warned", set())
+    assert not fc.is_tested() and fc.is_tested("1.42.3") and not fc.is_tested("1.420.0")
+    with caplog.at_level(logging.WARNING, logger="xincept.flower_compat"):
+        assert [fc.apply(role) for role in fc.ROLES] == [False, False, False]
+    warnings = [r for r in caplog.records if "not a release xincept was tested with" in r.getMessage()]
+    assert len(warnings) == 1 and "9.9.0" in warnings[0].getMessage()
+    after = (sci.time, sci._pull_and_store_message, sci.pull_objects, http_grid.pull_objects,
+             run_clientapp.pull_and_inflate_object_from_tree)
+    assert all(a is b for a, b in zip(before, after))  # Flower as shipped
+    with pytest.raises(ValueError, match="role"):
+        fc.apply("superlink")
+
+
+def test_only_the_compat_module_and_the_runner_touch_flowers_internals() -> None:
+    found = subprocess.run(["grep", "-rlE", r"flwr\.(supernode|superlink|supercore|server\.run_serverapp)", "xincept/"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert sorted(f for f in found if f.endswith(".py")) == ["xincept/client/runner.py", "xincept/flower_compat.py"]
+    # no other module assigns to an attribute of a Flower module
+    assign = re.compile(r"^\s*(flwr|sci|start_client_internal|http_grid|run_clientapp|module)\.\w+\s*=[^=]", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "xincept").rglob("*.py")
+                 if p.name != "flower_compat.py" and assign.search(p.read_text())]
+    assert offenders == []
+    for gone in ("client/in_supernode.py", "client/fast_supernode.py", "server/in_superlink.py", "server/fast_superlink.py",
+                 "flower_runtime.py", "flower_waits.py"):
+        assert not (ROOT / "xincept" / gone).exists(), gone
+
+
+def test_pyproject_pins_flower_to_the_tested_release() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    flwr = [d for d in project["dependencies"] if d.startswith("flwr")]
+    assert len(flwr) == 1 and all(f">={m}" in flwr[0] for m in fc.TESTED) and "<1.43" in flwr[0]
+    assert project["requires-python"] == ">=3.11"  # the code imports tomllib
+    constraints = (ROOT / "deploy" / "constraints.txt").read_text()
+    assert re.search(r"^flwr(\[simulation\])?==1\.42\.\d+$", constraints, re.M)
+    assert "config" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]

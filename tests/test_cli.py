@@ -90,3 +90,30 @@ def test_join_help_points_to_a_policy_table_that_lists_every_field() -> None:
     missing = [n for n in names if f"`{n}`" not in guide]
     assert not missing, f"deploy/README.md does not document policy field(s) {missing}"
     assert "deploy/README.md" in CliRunner().invoke(client_app, ["join", "--help"], terminal_width=80).output
+
+
+def test_help_shows_the_defaults_runs_use() -> None:
+    """Every federation option of simulate and start defaults to "unset" and its help prints FedSettings' own default
+    (a hard-coded default once said `--local-epochs [default: 5]` while runs used 3)."""
+    import re
+    from dataclasses import fields
+
+    import typer.main
+
+    from xincept.common.fedconfig import FedSettings
+
+    defaults = {f.name: f.default for f in fields(FedSettings)}
+    command = typer.main.get_command(server_app)
+    checked = set()
+    for name in ("simulate", "start"):
+        for param in command.commands[name].params:  # type: ignore[attr-defined]
+            if param.name not in defaults or param.name in ("resume", "loso", "insecure", "public_host") or defaults[param.name] == "":
+                continue  # flags, or a setting the command decides itself
+            assert param.default is None, (name, param.name)
+            shown = re.search(r"\[default: ([^\]]+)\]", param.help or "")
+            expected = str(defaults[param.name]).lower() if isinstance(defaults[param.name], bool) else str(defaults[param.name])
+            assert shown and shown.group(1) == expected, (name, param.name, param.help)
+            checked.add(param.name)
+    assert {"rounds", "local_epochs", "strategy", "xgb_mode", "min_sites", "join_timeout", "round_timeout", "seed"} <= checked
+    out = runner.invoke(server_app, ["simulate", "--help"], terminal_width=200).output
+    assert re.search(r"--local-epochs\s.*\[default: 3\]", out)

@@ -183,3 +183,46 @@ def test_fedsgd_server_step_can_decay_on_a_cosine_over_the_rounds() -> None:
     constant = make_strategy(flat, 4)
     set_round(constant, flat, 51)
     assert inner(constant).eta == pytest.approx(0.02)  # a constant schedule keeps server-lr
+
+
+def test_sites_receive_the_whole_science_settings_including_xgb_mode() -> None:
+    """Everything but the server's own paths, addresses and run control reaches the sites (xgb-mode, select-classifier
+    and head-members were once left out, so sites used their defaults)."""
+    from dataclasses import fields
+
+    from xincept.common.fedconfig import SERVER_ONLY
+
+    server = FedSettings(xgb_mode="none", select_classifier="best-val", head_members=2, out_dir="/srv/out", resume=True)
+    flat = server.client_flat()
+    assert flat["xgb-mode"] == "none" and flat["select-classifier"] == "best-val" and flat["head-members"] == 2
+    assert not {k.replace("-", "_") for k in flat} & SERVER_ONLY and "out-dir" not in flat
+    site = FedSettings.from_flat(flat)
+    for f in fields(FedSettings):
+        if f.name not in SERVER_ONLY:
+            assert getattr(site, f.name) == getattr(server, f.name), f.name
+
+
+def test_local_only_model_follows_xgb_mode_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site's local-only baseline uses the run's classifier: under xgb-mode none, the head's softmax, no XGBoost."""
+    import types
+
+    from xincept.client.task import LocalSite, local_only_counts
+    from xincept.common import model as model_module
+
+    fitted = []
+
+    class Model:
+        booster = "an XGBoost booster"
+
+        def predict_proba(self, feats):
+            fitted.append(self.booster)
+            return np.full((len(feats[0]), 4), 0.25)
+
+    monkeypatch.setattr(model_module, "fit_model", lambda *a, **k: Model())
+    y = np.arange(40) % 4
+    site = types.SimpleNamespace(feats=[np.zeros((40, 3), np.float32)], y=y, classes=["A", "B", "C", "D"])
+    split = {"train": np.arange(0, 24), "val": np.arange(24, 32), "test": np.arange(32, 40)}
+    for mode, expect in (("none", None), ("histogram", "an XGBoost booster")):
+        received = FedSettings.from_flat(FedSettings(xgb_mode=mode, min_cell_count=1).client_flat())  # what the site gets
+        local_only_counts(LocalSite(name="s", site=site, split=split, settings=received))  # type: ignore[arg-type]
+        assert fitted[-1] == expect, mode

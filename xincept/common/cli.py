@@ -187,6 +187,18 @@ def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]])
     return app
 
 
+def setting_option(name: str, *flags: str, help: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for the federation setting ``name``: its default is "unset" (None, so a ``--config`` file or
+    the settings object decides) and its help ends with the default runs really use, read from FedSettings."""
+    from dataclasses import fields
+
+    from xincept.common.fedconfig import FedSettings
+
+    default = {f.name: f.default for f in fields(FedSettings)}[name]
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return typer.Option(*flags, help=f"{help} [default: {shown}]", show_default=False, **kwargs)
+
+
 def given_options(values: dict[str, Any], always: tuple[str, ...] = ()) -> dict[str, Any]:
     """The settings whose options were given on the command line (or in the environment).
 
@@ -198,9 +210,11 @@ def given_options(values: dict[str, Any], always: tuple[str, ...] = ()) -> dict[
 
     ctx = click.get_current_context(silent=True)
     if ctx is None:
-        return dict(values)
+        return {k: v for k, v in values.items() if v is not None}
     keep = {}
     for key, value in values.items():
+        if value is None:  # unset: the --config file or the settings' default decides
+            continue
         source = ctx.get_parameter_source(key)
         if key in always or source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             keep[key] = value

@@ -23,6 +23,11 @@ AUTO_HEAD_MEMBERS = {"fedsgd": 3}
 DEFAULT_ROUNDS, DEFAULT_SERVER_LR = 10, 0.05
 
 
+# The server's own paths, addresses and run control: never sent to the sites (everything else is, whole).
+SERVER_ONLY = frozenset({"out_dir", "resume", "stop_after_round", "join_timeout", "round_timeout", "min_sites",
+                         "xgb_tls_dir", "public_host", "insecure"})
+
+
 @dataclass(frozen=True)
 class FedSettings:
     """Everything the server decides; sites receive the science part with every message."""
@@ -141,13 +146,9 @@ class FedSettings:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     def client_flat(self) -> dict[str, Any]:
-        """The part every site needs (no server paths)."""
-        keep = ("backbones", "input_size", "pretrained", "random_backbones", "precision", "group_block", "test_fraction", "val_fraction", "test_fold",
-                "lr", "batch_size", "dropout", "activation", "seed", "local_epochs", "proximal_mu", "strategy",
-                "xgb_rounds", "xgb_eta", "xgb_max_depth", "xgb_subsample", "xgb_max_bin", "xgb_early_stopping", "xgb_timeout",
-                "xgb_features", "xgb_margin",
-                "disclosure", "min_cell_count", "disclosure_epsilon", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_trainings", "rounds")
-        return {k.replace("_", "-"): getattr(self, k) for k in keep}
+        """What every site receives with every message: the whole settings object but the server's own paths,
+        addresses and run control (:data:`SERVER_ONLY`)."""
+        return {k: v for k, v in self.to_flat().items() if k.replace("-", "_") not in SERVER_ONLY}
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "FedSettings":

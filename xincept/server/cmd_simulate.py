@@ -7,30 +7,32 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import (BackbonesOpt, CacheDirOpt, GroupBlockOpt, InputSizeOpt, NoPretrainedOpt, PrecisionOpt,
-                                RandomBackbonesOpt,
-                                VerboseOpt, WeightsDirOpt, friendly_errors, given_options, setup_logging,
-                                warn_random_weights)
-from xincept.common.config import THESIS_BACKBONES
+from xincept.common.cli import (CacheDirOpt, NoPretrainedOpt, RandomBackbonesOpt, VerboseOpt, WeightsDirOpt, friendly_errors,
+                                given_options, setting_option, setup_logging, warn_random_weights)
 
-RoundsOpt = Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds over the fused head (0: 10 for the local-epoch rules, 150 for fedsgd).")]
-EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round at each site.")]
-TestFoldOpt = Annotated[int, typer.Option("--test-fold", help="Which grouped fold (0-4 at the default 20% test split) each site "
+RoundsOpt = Annotated[int | None, setting_option("rounds", "--rounds", "-r", help="Federated rounds over the fused head (0: 10 for the local-epoch rules, 150 for fedsgd).")]
+EpochsOpt = Annotated[int | None, setting_option("local_epochs", "--local-epochs", help="Local epochs per round at each site.")]
+TestFoldOpt = Annotated[int | None, setting_option("test_fold", "--test-fold", help="Which grouped fold (0-4 at the default 20% test split) each site "
                         "holds out for testing: runs with folds 0 to 4 make a grouped 5-fold cross-validation.")]
-StrategyOpt = Annotated[str, typer.Option("--strategy", help="auto (fedavg: 10 rounds x 3 local epochs of the centralized recipe; DP-SGD with --dp-epsilon), "
+StrategyOpt = Annotated[str | None, setting_option("strategy", "--strategy", help="auto (fedavg: 10 rounds x 3 local epochs of the centralized recipe; DP-SGD with --dp-epsilon), "
                         "fedsgd (one full-batch gradient step per round, server Adam, 3 heads x 150 rounds), fedavg, fedprox, fedadam, or a robust rule: "
                         "trimmed-mean, krum.")]
-HeadMembersOpt = Annotated[int, typer.Option("--head-members", help="Heads trained one after another (own initialisation and dropout "
+HeadMembersOpt = Annotated[int | None, setting_option("head_members", "--head-members", help="Heads trained one after another (own initialisation and dropout "
                             "masks) whose softmax is averaged and whose embeddings feed XGBoost side by side; every round still "
                             "carries one head. 0: 3 for fedsgd, 1 for the others (and with --dp-epsilon).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT/checkpoint.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Discard OUT/checkpoint of an earlier run and start over "
                                         "(without --resume or --fresh such a folder is refused).")]
-XgbModeOpt = Annotated[str, typer.Option("--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
-DisclosureOpt = Annotated[str, typer.Option("--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
-MinCellOpt = Annotated[int, typer.Option("--min-cell-count", help="Smallest count a site releases (suppress policy).")]
-DpEpsilonOpt = Annotated[float, typer.Option("--dp-epsilon", help="DP-SGD at every site (Opacus): target epsilon per site for the whole run; 0 = off.")]
-DpDeltaOpt = Annotated[float, typer.Option("--dp-delta", help="DP delta per site (default: 1e-5).")]
+XgbModeOpt = Annotated[str | None, setting_option("xgb_mode", "--xgb-mode", help="Global classifier: histogram (federated XGBoost, exact), bagging, or none (head softmax).")]
+DisclosureOpt = Annotated[str | None, setting_option("disclosure", "--disclosure", help="What validation counts may leave a site: suppress (cells below --min-cell-count withheld), laplace (noise, --disclosure-epsilon) or none.")]
+MinCellOpt = Annotated[int | None, setting_option("min_cell_count", "--min-cell-count", help="Smallest count a site releases (suppress policy).")]
+DpEpsilonOpt = Annotated[float | None, setting_option("dp_epsilon", "--dp-epsilon", help="DP-SGD at every site (Opacus): target epsilon per site for the whole run; 0 = off.")]
+DpDeltaOpt = Annotated[float | None, setting_option("dp_delta", "--dp-delta", help="DP delta per site.")]
+FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels (thesis: 224).")]
+FedBackbonesOpt = Annotated[str | None, setting_option("backbones", "--backbones", help="Comma-separated timm backbone names (the thesis pair by default).")]
+FedGroupBlockOpt = Annotated[int | None, setting_option("group_block", "--group-block", help="Consecutive file numbers per patient group (used when no manifest group column).")]
+FedPrecisionOpt = Annotated[str | None, setting_option("precision", "--precision", help="Embedding numerics: auto (bf16 on CPUs with AVX-512 BF16, fp16 on CUDA) or fp32.")]
+SeedOpt = Annotated[int | None, setting_option("seed", "--seed", help="Seed for partitions, splits and training.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file of federation settings (keys as in FedSettings, dashes or underscores).")]
 
 
@@ -41,27 +43,27 @@ def simulate(
     sites: Annotated[int, typer.Option("--sites", "-n", help="Number of simulated hospital sites.")] = 4,
     partition: Annotated[str, typer.Option("--partition", help="iid, dirichlet:ALPHA, label-skew:K or folders (whole patient groups per site).")] = "iid",
     demo: Annotated[bool, typer.Option("--demo", help="Generate a small SYNTHETIC image set (no data needed) with tiny backbones: a quick offline demonstration.")] = False,
-    rounds: RoundsOpt = 0,
-    local_epochs: EpochsOpt = 5,
-    strategy: StrategyOpt = "auto",
-    head_members: HeadMembersOpt = 0,
-    xgb_mode: XgbModeOpt = "histogram",
+    rounds: RoundsOpt = None,
+    local_epochs: EpochsOpt = None,
+    strategy: StrategyOpt = None,
+    head_members: HeadMembersOpt = None,
+    xgb_mode: XgbModeOpt = None,
     no_pretrained: NoPretrainedOpt = False,
     random_backbones: RandomBackbonesOpt = None,
     weights_dir: WeightsDirOpt = None,
     cache_dir: CacheDirOpt = None,
-    input_size: InputSizeOpt = 224,
-    backbones: BackbonesOpt = ",".join(THESIS_BACKBONES),
-    group_block: GroupBlockOpt = 25,
-    precision: PrecisionOpt = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for partitions, splits and training.")] = 0,
-    test_fold: TestFoldOpt = 0,
+    input_size: FedInputSizeOpt = None,
+    backbones: FedBackbonesOpt = None,
+    group_block: FedGroupBlockOpt = None,
+    precision: FedPrecisionOpt = None,
+    seed: SeedOpt = None,
+    test_fold: TestFoldOpt = None,
     loso: Annotated[bool, typer.Option("--loso/--no-loso", help="Leave-one-site-out models in the validate phase.")] = True,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also train the centralized reference on the same splits (the cost of federation).")] = True,
-    disclosure: DisclosureOpt = "suppress",
-    min_cell_count: MinCellOpt = 5,
-    dp_epsilon: DpEpsilonOpt = 0.0,
-    dp_delta: DpDeltaOpt = 1e-5,
+    disclosure: DisclosureOpt = None,
+    min_cell_count: MinCellOpt = None,
+    dp_epsilon: DpEpsilonOpt = None,
+    dp_delta: DpDeltaOpt = None,
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
     config: ConfigOpt = None,

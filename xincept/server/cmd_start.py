@@ -7,21 +7,22 @@ from typing import Annotated
 
 import typer
 
-from xincept.common.cli import (RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setup_logging,
+from xincept.common.cli import (RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setting_option, setup_logging,
                                 warn_random_weights)
-from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, FreshOpt, MinCellOpt,
-                                         ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt)
+from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, FedBackbonesOpt,
+                                         FedInputSizeOpt, FreshOpt, MinCellOpt, ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt)
 
 
 @friendly_errors
 def start(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (bundle, metrics, checkpoints, SuperLink state).")],
-    rounds: RoundsOpt = 0,
-    local_epochs: EpochsOpt = 5,
-    strategy: StrategyOpt = "auto",
-    xgb_mode: XgbModeOpt = "histogram",
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Sites that must join before training starts.")] = 2,
-    join_timeout: Annotated[float, typer.Option("--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = 600.0,
+    rounds: RoundsOpt = None,
+    local_epochs: EpochsOpt = None,
+    strategy: StrategyOpt = None,
+    xgb_mode: XgbModeOpt = None,
+    min_sites: Annotated[int | None, setting_option("min_sites", "--min-sites", help="Sites that must join before training starts.")] = None,
+    join_timeout: Annotated[float | None, setting_option("join_timeout", "--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = None,
+    round_timeout: Annotated[float | None, setting_option("round_timeout", "--round-timeout", help="Seconds to wait for the sites' replies to one message (a round, the embedding, the XGBoost phase); then stop naming the sites that did not answer.")] = None,
     tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="Folder with ca.crt, server.pem, server.key (see `xincept-server keys`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (testing only).")] = False,
     auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="Folder of registered SuperNode public keys (*.pub, from `xincept-server keys --site`): only those nodes may join.")] = None,
@@ -30,13 +31,13 @@ def start(
     public_host: Annotated[str | None, typer.Option("--public-host", help="Name or IP sites use to reach this server (for XGBoost's tracker; default: --host).")] = None,
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
     random_backbones: RandomBackbonesOpt = None,
-    backbones: Annotated[str | None, typer.Option("--backbones", help="Comma-separated timm backbone names (default: the thesis pair).")] = None,
-    input_size: Annotated[int | None, typer.Option("--input-size", help="Backbone input size in pixels (default 224).")] = None,
+    backbones: FedBackbonesOpt = None,
+    input_size: FedInputSizeOpt = None,
     loso: Annotated[bool, typer.Option("--loso", help="Also train leave-one-site-out models and score each at its held-out site.")] = False,
-    disclosure: DisclosureOpt = "suppress",
-    min_cell_count: MinCellOpt = 5,
-    dp_epsilon: DpEpsilonOpt = 0.0,
-    dp_delta: DpDeltaOpt = 1e-5,
+    disclosure: DisclosureOpt = None,
+    min_cell_count: MinCellOpt = None,
+    dp_epsilon: DpEpsilonOpt = None,
+    dp_delta: DpDeltaOpt = None,
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
     config: ConfigOpt = None,
@@ -55,17 +56,14 @@ def start(
     if advertised in ("0.0.0.0", "::"):
         raise SettingError("--host listens on every interface: give --public-host NAME, the address sites use to reach this server")
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
-                                join_timeout=join_timeout, resume=resume, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure,
-                                min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta))
+                                join_timeout=join_timeout, round_timeout=round_timeout, resume=resume, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure,
+                                min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta, backbones=backbones,
+                                input_size=input_size))
     values.update(out_dir=str(out), public_host=advertised, insecure=insecure, xgb_tls_dir=str(tls_dir.resolve()) if tls_dir else "")
     if no_pretrained:
         values["pretrained"] = False
-    if backbones:
-        values["backbones"] = backbones
     if random_backbones:
         values["random_backbones"] = random_backbones
-    if input_size:
-        values["input_size"] = input_size
     settings = FedSettings.from_flat({**(load_settings_file(config) if config else {}), **values})
     from xincept.server.interrupt import claim_out_dir
 

@@ -1,12 +1,15 @@
-"""The deployed path against the simulation, on the same data and rounds.
+"""The deployed path as a WAN sees it, against the simulation, on the same data and rounds.
 
-Runs `xincept-server start` (TLS SuperLink, node authentication) and 3 `xincept-client join` sites as processes on
-127.0.0.1 over a subset of the real images (whole groups of 25 file numbers dealt to the sites in turn), then
-`xincept-server simulate --partition folders` over the same site folders with the same settings. Prints one JSON
-object: seconds per head round, per phase, total wall time, peak memory of every process together (sampled every
-0.5 s) and the largest number of processes, for both, and their ratios.
+Runs `xincept-server start` (Flower's stock SuperLink, SuperExec and flwr-serverapp; TLS, node authentication) and
+3 `xincept-client join` sites (Flower's stock SuperNode and the site runner) as processes on 127.0.0.1 over a
+subset of the real images (whole groups of 25 file numbers dealt to the sites in turn), once for each RTT: every
+site reaches the SuperLink through its own userspace latency proxy (bench/latency_proxy.py: RTT/2 each way) that
+also counts request turns (HTTP requests, each one round trip). Then `xincept-server simulate --partition folders`
+over the same site folders with the same settings. Prints one JSON object: for each RTT, seconds per head round
+and requests per site per head round (counted over the rounds after the first), per phase, wall time, peak
+memory; the simulation's; and their ratios.
 
-    python bench/deployed.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--per-site 150] [--rounds 20]
+    python bench/deployed.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--per-site 150] [--rounds 20] [--rtt-ms 0,50]
 
 Random backbone weights (--no-pretrained), 224 px, one head (head-members 1), no leave-one-site-out.
 """
@@ -102,19 +105,23 @@ def deal_sites(data: Path, out: Path, per_site: int, block: int = 25) -> Path:
     return root
 
 
-def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str], rounds: int) -> dict:
+def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str], rounds: int, rtt_ms: float = 0.0) -> dict:
+    from latency_proxy import LatencyProxy
+
     exe = Path(sys.executable).parent
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "XINCEPT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     subprocess.run([str(exe / "xincept-server"), "keys", "--out", str(out / "tls"), *[a for s in SITES for a in ("--site", s)]],
                    env=env, check=True, capture_output=True)
     port = free_port()
+    proxies = {s: LatencyProxy(("127.0.0.1", port), delay_s=rtt_ms / 2000).start() for s in SITES}
     t0 = time.perf_counter()
     server = subprocess.Popen([str(exe / "xincept-server"), "start", "--out", str(out / "fed"), "--tls-dir", str(out / "tls"),
                                "--auth-keys", str(out / "tls" / "nodes"), "--min-sites", "3", "--rounds", str(rounds),
                                "--join-timeout", "600", "--port", str(port), "--config", str(cfg), *model],
                               env=env, stdout=(out / "server.log").open("w"), stderr=subprocess.STDOUT)
     clients = [subprocess.Popen([str(exe / "xincept-client"), "join", "--site", s, "--data", str(sites / s),
-                                 "--server", f"127.0.0.1:{port}", "--root-cert", str(out / "tls" / "ca.crt"),
+                                 "--server", f"127.0.0.1:{proxies[s].port}", "--root-cert", str(out / "tls" / "ca.crt"),
                                  "--auth-key", str(out / "tls" / "nodes" / f"{s}.key"), "--tls-dir", str(out / "tls" / "sites" / s),
                                  "--cache-dir", str(cache), "--state-dir", str(out / f"state-{s}"),
                                  "--clientapp-port", str(free_port()), "--threads", str(THREADS)],
@@ -128,10 +135,18 @@ def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str
 
         for p in [server, *clients]:
             stop_tree(p)
+        for proxy in proxies.values():
+            proxy.stop()
     wall = time.perf_counter() - t0
     if code != 0:
         return {"error": f"server exited {code}; see {out / 'server.log'}", "wall_s": round(wall, 1), **usage}
-    return {**summary(json.loads((out / "fed" / "metrics.json").read_text())), "wall_s": round(wall, 1), **usage}
+    metrics = json.loads((out / "fed" / "metrics.json").read_text())
+    ends = [r["ended_at"] for r in metrics["rounds"]]  # requests of rounds 2..R: the first pays one-off costs
+    per_site = {s: proxies[s].turns_between(ends[0], ends[-1]) / max(len(ends) - 1, 1) for s in SITES}
+    return {"rtt_ms": rtt_ms, **summary(metrics),
+            "requests_per_site_per_round": round(sum(per_site.values()) / len(SITES), 1),
+            "requests_per_round_by_site": {s: round(v, 1) for s, v in per_site.items()},
+            "wall_s": round(wall, 1), **usage}
 
 
 def run_simulated(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str], rounds: int) -> dict:
@@ -173,6 +188,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--per-site", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rtt-ms", default="0,50", help="Round-trip times to measure the deployed path at, comma-separated.")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the finally blocks stop every server, site and Ray process
@@ -184,20 +200,21 @@ def main() -> None:
     cfg = out / "fed.toml"
     cfg.write_text("head-members = 1\n")
     model = ["--no-pretrained"]
-    deployed = run_deployed(sites, out, cache, cfg, model, args.rounds)
+    rtts = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
+    deployed = {f"{r:g}": run_deployed(sites, out / f"rtt-{r:g}", cache, cfg, model, args.rounds, r) for r in rtts}
     simulated = run_simulated(sites, out, cache, cfg, model, args.rounds)
     result = {"weights": "random (--no-pretrained)", "input_size": 224, "sites": len(SITES), "threads_per_site": THREADS,
               "images": sum(1 for _ in sites.rglob("*.*")), "rounds": args.rounds,
               "command": f"python bench/deployed.py --data ../shared/datasets/all4 --cache-dir CACHE --per-site {args.per_site} "
-                         f"--rounds {args.rounds}",
+                         f"--rounds {args.rounds} --rtt-ms {args.rtt_ms}",
+              "path": "stock Flower: flower-superlink --isolation process + flower-superexec + flwr-serverapp; per site "
+                      "flower-supernode --isolation process + the xincept runner; each site through a latency proxy",
               "protocol": "each site holds out a grouped 20% test split and a grouped 15% validation split of the rest; "
                           "accuracy over the union of the sites' test splits (a small subset: a timing run, not an accuracy claim)",
-              "deployed": deployed, "simulated": simulated}
-    if "error" not in deployed and "error" not in simulated:
-        result["ratio_seconds_per_head_round"] = round(deployed["seconds_per_head_round"] / simulated["seconds_per_head_round"], 2)
-        result["ratio_wall"] = round(deployed["wall_s"] / simulated["wall_s"], 2)
-        if deployed["median_later_round_s"] and simulated["median_later_round_s"]:
-            result["ratio_median_later_round"] = round(deployed["median_later_round_s"] / simulated["median_later_round_s"], 2)
+              "rtt_ms": deployed, "simulated": simulated}
+    if "error" not in simulated:
+        result["ratio_seconds_per_head_round"] = {r: round(d["seconds_per_head_round"] / simulated["seconds_per_head_round"], 2)
+                                                  for r, d in deployed.items() if "error" not in d}
     print(strict_dumps(result, indent=1))
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)

@@ -287,38 +287,38 @@ def ablation_section(ab: dict) -> list[str]:
 
 
 def deployment_section(deps: list[dict], fvc: dict | None) -> list[str]:
-    """Real deployment (SuperLink + SuperNodes) beside the simulation (one table per run of bench/deployed.py, e.g.
-    the default 10 rounds and a longer run), and federated vs centralized wall time."""
-    lines = ["## Deployment: real processes against the simulation", ""]
+    """The stock deployed path at each measured RTT beside the simulation (one table per run of bench/deployed.py),
+    and federated vs centralized wall time."""
+    lines = ["## Deployment: stock Flower processes, as a WAN sees them, against the simulation", ""]
     for dep in deps:
         lines += [f"Command: `{dep['command']}`. {dep['sites']} sites on 127.0.0.1 (`xincept-server start` with TLS and node "
-                  f"authentication, `xincept-client join` each), {dep['images']} images of all4 (whole 25-file groups dealt to "
-                  f"the sites), {dep['rounds']} rounds of the default federation, beside `xincept-server simulate --partition "
-                  f"folders` on the same site folders and settings. The sites share the machine's cores: each deployed site runs "
-                  f"with {dep.get('threads_per_site', 'all')} thread(s) (`join --threads`), as Ray runs each simulated site "
-                  f"with OMP_NUM_THREADS=1. Random weights. Protocol: {dep['protocol']}. Memory: the "
-                  "summed RSS of every process tree (counts shared pages once per process) and PSS (counts them once). "
-                  "Seconds per head round: the head phase's time over its rounds (the first round also pays each site's "
-                  "set-up); the median of the later rounds is beside it.", "",
-                  "| path | seconds per head round | first round | median later round | embed | head rounds | xgb | validate "
-                  "| total (app) | wall | peak RSS | peak PSS | processes | accuracy |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name in ("deployed", "simulated"):
-            r = dep.get(name, {})
+                  f"authentication, `xincept-client join` each; {dep.get('path', '')}), {dep['images']} images of all4 (whole "
+                  f"25-file groups dealt to the sites), {dep['rounds']} rounds of the default federation, beside `xincept-server "
+                  f"simulate --partition folders` on the same site folders and settings. Each site reaches the SuperLink through "
+                  f"a userspace latency proxy (`bench/latency_proxy.py`, RTT/2 each way) that counts its requests (each a round "
+                  f"trip). The sites share the machine's cores: each deployed site runs with {dep.get('threads_per_site', 'all')} "
+                  f"thread(s) (`join --threads`), as Ray runs each simulated site with OMP_NUM_THREADS=1. Random weights. "
+                  f"Protocol: {dep['protocol']}. Seconds per head round: the head phase's time over its rounds (the first round "
+                  "also pays each site's set-up; the median of the later rounds is beside it); requests per site per round: "
+                  "over rounds 2 to the last.", "",
+                  "| path | RTT | seconds per head round | requests per site per round | first round | median later round "
+                  "| embed | head rounds | xgb | validate | wall | peak RSS | accuracy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        rows = [(f"deployed", f"{rtt} ms", r) for rtt, r in dep.get("rtt_ms", {}).items()] + [("simulated", "-", dep.get("simulated", {}))]
+        for name, rtt, r in rows:
             if "phases_s" not in r:
-                lines.append(f"| {name} | failed: {r.get('error', '?')} |||||||||||||")
+                lines.append(f"| {name} | {rtt} | failed: {r.get('error', '?')} |||||||||||")
                 continue
             ph = r["phases_s"]
-            lines.append(f"| {name} | {r['seconds_per_head_round']:.2f} s | {r['first_round_s']:.2f} s | "
-                         f"{r['median_later_round_s']:.2f} s | {ph['embed']:.1f} s | {ph['head_rounds']:.1f} s | "
-                         f"{ph['xgb']:.1f} s | {ph['validate']:.1f} s | {ph['total']:.1f} s | {r['wall_s']:.0f} s | "
-                         f"{r['peak_rss_mb'] / 1000:.1f} GB | {r.get('peak_pss_mb', 0) / 1000:.1f} GB | {r['peak_processes']} | "
-                         f"{pct(r['accuracy'])} |")
-        if "ratio_seconds_per_head_round" in dep:
-            later = (f", {dep['ratio_median_later_round']}x per later round (median)"
-                     if "ratio_median_later_round" in dep else "")
-            lines += ["", f"Deployed / simulated: {dep['ratio_seconds_per_head_round']}x per head round{later}, "
-                      f"{dep['ratio_wall']}x wall time.", ""]
+            requests = r.get("requests_per_site_per_round")
+            lines.append(f"| {name} | {rtt} | {r['seconds_per_head_round']:.2f} s | {requests if requests is not None else '-'} | "
+                         f"{r['first_round_s']:.2f} s | {r['median_later_round_s']:.2f} s | {ph['embed']:.1f} s | "
+                         f"{ph['head_rounds']:.1f} s | {ph['xgb']:.1f} s | {ph['validate']:.1f} s | {r['wall_s']:.0f} s | "
+                         f"{r['peak_rss_mb'] / 1000:.1f} GB | {pct(r['accuracy'])} |")
+        ratios = dep.get("ratio_seconds_per_head_round", {})
+        if ratios:
+            lines += ["", "Deployed / simulated seconds per head round: "
+                      + ", ".join(f"{x}x at {rtt} ms RTT" for rtt, x in ratios.items()) + ".", ""]
     if fvc:
         lines += ["### Federated default against centralized training (one run of `python bench/fed_vs_central.py`)", "",
                   "| run | command | wall | peak RSS | peak PSS | accuracy | rounds |", "|---|---|---|---|---|---|---|"]
@@ -564,7 +564,7 @@ def main() -> None:
                   f"backward loop {dp['naive_over_plain']}x.", ""]
     if ablation:
         lines += ablation_section(ablation)
-    deployed, fed_vs_central = [d for d in (load("deployed"), load("deployed_30")) if d], load("walltime")
+    deployed, fed_vs_central = [d for d in (load("deployed"),) if d], load("walltime")
     if deployed or fed_vs_central:
         lines += deployment_section(deployed, fed_vs_central)
     if embed:

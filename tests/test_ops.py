@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,18 +40,30 @@ def test_a_refused_site_retries_with_backoff_then_gives_up(tmp_path: Path, monke
     script = (f"open({str(calls)!r}, 'a').write('x'); print('ERROR : Exit Code: 305'); "
               "[print('  traceback line', i) for i in range(200)]; raise SystemExit(1)")  # a long traceback follows the marker
     fake = [sys.executable, "-c", script]
-    monkeypatch.setattr(supernode, "supernode_command", lambda opts: fake)
+    monkeypatch.setattr(supernode, "supernode_command", lambda opts, secret: fake)
+    monkeypatch.setattr(supernode, "start_runner", lambda opts, secret, env: subprocess.Popen([sys.executable, "-c", "pass"]))
     monkeypatch.setattr(supernode.time, "sleep", lambda s: None)
     opts = supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1", max_retries=3)
     assert supernode.run_supernode(opts) == 1
     assert calls.read_text() == "xxxx"  # the first try and three retries
 
 
-def test_a_site_that_stops_for_another_reason_is_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_supernode_that_ends_quietly_is_restarted_with_a_fresh_runner_and_join_never_exits_0(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's SuperNode exits 0 when a restarted server no longer knows it: the site starts it again (with a new
+    secret and a new runner), and gives up only at the operator's bound, with a non-zero status."""
     from xincept.client import supernode
 
-    monkeypatch.setattr(supernode, "supernode_command", lambda opts: [sys.executable, "-c", "raise SystemExit(3)"])
-    assert supernode.run_supernode(supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1")) == 3
+    secrets, runners = [], []
+    monkeypatch.setattr(supernode, "supernode_command",
+                        lambda opts, secret: secrets.append(secret.read_bytes()) or [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(supernode, "start_runner",
+                        lambda opts, secret, env: runners.append(secret) or subprocess.Popen([sys.executable, "-c", "pass"]))
+    monkeypatch.setattr(supernode.time, "sleep", lambda s: None)
+    code = supernode.run_supernode(supernode.NodeOptions(site="a", data=tmp_path, server="127.0.0.1:1", max_retries=2))
+    assert code != 0 and len(secrets) == 3 and len(runners) == 3
+    assert len(set(secrets)) == 3  # a fresh secret for every SuperNode: only its own runner takes its tasks
+    assert not any(p.exists() for p in runners)  # the private folder is removed when join ends
 
 
 def test_options_left_at_defaults_do_not_override_a_config_file() -> None:

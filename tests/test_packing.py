@@ -11,9 +11,9 @@ from xincept.common.packing import PackingError, layout_of, pack, parse_layout, 
 
 
 def _state() -> dict[str, torch.Tensor]:
-    from xincept.client.task import new_head_for
+    from xincept.common.head import new_head_for
 
-    return new_head_for([32, 24], 4, FedSettings(pretrained=False)).trainable_state()
+    return new_head_for([32, 24], 4, FedSettings(pretrained=False).run_config().head).trainable_state()
 
 
 def test_pack_unpack_round_trip_is_exact_and_keeps_names_order_and_shapes() -> None:

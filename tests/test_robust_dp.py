@@ -49,11 +49,12 @@ def _site(tmp_n: int = 200, **settings) -> SimpleNamespace:
 
 
 def test_dp_sgd_learns_spends_at_most_its_budget_and_then_refuses(tmp_path) -> None:
-    from xincept.client.task import local_train, new_head_for
+    from xincept.client.task import local_train
+    from xincept.common.head import new_head_for
     from xincept.common.dp import BudgetSpent
 
     local = _site(dp_epsilon=3.0)
-    head = new_head_for([16, 16], 4, local.settings)
+    head = new_head_for([16, 16], 4, local.settings.run_config().head)
     state = head.trainable_state()
     ledger = tmp_path / "ledger.json"
     spent = []

@@ -13,14 +13,13 @@ No Flower import here: the CLI validates a policy file without loading the runti
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from xincept.common.site_names import SITE_NAME, valid_site_name  # noqa: F401 (re-exported)
 from xincept.common.errors import SettingError
 
-SITE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DISCLOSURE_MODES = ("suppress", "laplace", "none")
 SPLIT_KEYS = ("seed", "test-fold", "group-block", "test-fraction", "val-fraction")
 
@@ -50,14 +49,6 @@ class PolicyViolation(Exception):
         super().__init__(f"rule {rule}: {detail}")
         self.rule = rule
         self.detail = detail
-
-
-def valid_site_name(name: str) -> str:
-    """``name`` if it is a valid site name (letters, digits, '-' and '_', 1 to 64); a SettingError otherwise."""
-    if not isinstance(name, str) or not SITE_NAME.fullmatch(name):
-        raise SettingError(f"site name {name!r} is not allowed: use 1 to 64 letters, digits, '-' or '_' "
-                           "(it becomes part of file names and reports)")
-    return name
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from xincept import __version__
 from xincept.common.config import default_cache_dir
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
-from xincept.common.head import FusedHead, HeadEnsemble, feature_sums, head_for_state
+from xincept.common.head import MEMBER_SEED_STRIDE, FusedHead, HeadEnsemble, feature_sums, head_for_state
 from xincept.common.model import select
 from xincept.common.site import EmbeddedSite, prepare_site, weights_meta
 from xincept.common.splits import site_split
@@ -120,16 +120,6 @@ def train_feature_sums(local: LocalSite) -> list[dict[str, np.ndarray]]:
                            f"{local.settings.min_cell_count} (min-cell-count) would disclose individual images. Add images "
                            "or leave this site out")
     return [feature_sums(f) for f in select(local.site.feats, local.split["train"])]
-
-
-MEMBER_SEED_STRIDE = 7919  # head M of an ensemble: initialisation and dropout seeds shifted by M x this prime
-
-
-def new_head_for(in_dims: list[int], num_classes: int, settings: FedSettings, member: int = 0) -> FusedHead:
-    """A fresh head; ``member`` > 0 gives another head of an ensemble its own initialisation."""
-    cfg = settings.run_config().head
-    torch.manual_seed(cfg.seed + MEMBER_SEED_STRIDE * member)
-    return FusedHead(in_dims, num_classes, cfg)
 
 
 def _head(local: LocalSite, state: dict[str, torch.Tensor]) -> FusedHead | HeadEnsemble:

@@ -186,3 +186,13 @@ def head_for_state(in_dims: list[int], num_classes: int, cfg: HeadConfig, state:
     head.load_state_dict(state)
     head.eval()
     return head
+
+
+MEMBER_SEED_STRIDE = 7919  # head M of an ensemble: initialisation and dropout seeds shifted by M x this prime
+
+
+def new_head_for(in_dims: list[int], num_classes: int, cfg: HeadConfig, member: int = 0) -> "FusedHead":
+    """A fresh head (the server's first global head, the same at every site); ``member`` > 0 gives another head of
+    an ensemble its own initialisation."""
+    torch.manual_seed(cfg.seed + MEMBER_SEED_STRIDE * member)
+    return FusedHead(in_dims, num_classes, cfg)

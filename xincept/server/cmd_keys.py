@@ -19,7 +19,7 @@ def keys(
 ) -> None:
     """Create the CA, the server certificate and SuperNode keys for a pilot federation (or use your organisation's PKI)."""
     setup_logging()
-    from xincept.client.policy import valid_site_name
+    from xincept.common.site_names import valid_site_name
     from xincept.common.tls import CA_KEY, make_certificates, make_node_keys, make_site_certificates
 
     names = [valid_site_name(s) for s in site]

@@ -6,19 +6,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord
-from flwr.serverapp import Grid
 
-from xincept.client.task import new_head_for
 from xincept.common.errors import XinceptError
-from xincept.common.fedconfig import FedSettings
+from xincept.common.head import new_head_for
 from xincept.common.packing import layout_of, unpack
 from xincept.common.pooled_metrics import pooled_metrics
 from xincept.head_message import head_arrays, head_content, packed_vector
+from xincept.server.context import Federation
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
 from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, set_round, strategy_state
@@ -49,10 +47,9 @@ def round_releases(replies: dict, nodes: dict[int, str]) -> dict[str, dict[str, 
     return {nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
 
 
-def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
-                    stats: list[tuple[np.ndarray, np.ndarray]], config: Callable[..., ConfigRecord], ckpt_dir: Path,
+def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]], ckpt_dir: Path,
                     label: str = "global", stop_after_round: int = 0, member: int = 0) -> HeadResult:
-    """R rounds of E local epochs at ``nodes``; resumes from ``ckpt_dir`` when ``settings.resume``.
+    """R rounds of E local epochs at the federation's sites; resumes from ``ckpt_dir`` when ``settings.resume``.
 
     ``member`` numbers the head when several are trained (``head-members``): it sets the initialisation and,
     at the sites, the dropout masks; each member has its own ``ckpt_dir``.
@@ -60,8 +57,9 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
     The returned head is the round with the best validation accuracy pooled over the sites (ties: lower
     loss), as centralized early stopping selects its epoch, or the last round (``select-round last``).
     """
+    settings, nodes, classes = fed.settings, fed.nodes, list(fed.classes or [])
     ckpt = load_checkpoint(ckpt_dir) if settings.resume else None
-    head = new_head_for([len(m) for m, _ in stats], len(classes), settings, member)
+    head = new_head_for([len(m) for m, _ in stats], len(classes), settings.run_config().head, member)
     head.set_standardization(stats)
     state = head.trainable_state()
     # the input standardisation is fixed by the embed phase; it is never aggregated (the strategies' float64 arithmetic
@@ -126,7 +124,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
         # message per round instead of two; the last round's head is scored after the loop
         pending_val = bool(result.rounds) and "val" not in result.rounds[-1]
         extra = {"server-round": r, "member": member, **({"evaluate-split": "val"} if pending_val else {})}
-        replies = ask(grid, nodes, "train.head", head_content(state, arrays, config=config(**extra)), settings.round_timeout)
+        replies = fed.ask("train.head", head_content(state, arrays, config=fed.config(**extra)))
         if pending_val:
             record_val({nodes[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
             for m in replies.values():  # Flower's strategies aggregate replies of one MetricRecord
@@ -149,6 +147,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
             "round": r,
             "member": member,
             "seconds": round(time.perf_counter() - tr, 3),
+            "ended_at": round(time.time(), 3),  # wall clock (Unix time): lines a round up with other logs
             "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()},
             "update_norm": norms,
             "rejected": sorted(rejected),
@@ -156,8 +155,7 @@ def run_head_rounds(ask: Callable, grid: Grid, nodes: dict[int, str], settings: 
                         for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
         })
         if r == settings.rounds:
-            val = ask(grid, nodes, "evaluate.head", head_content(state, config=config(split="val")),
-                      settings.round_timeout)
+            val = fed.ask("evaluate.head", head_content(state, config=fed.config(split="val")))
             record_val(round_releases(val, nodes), state)
         checkpoint(r)
         if stop_after_round == r:

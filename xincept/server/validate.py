@@ -10,38 +10,36 @@ Results go to ``cross_site`` as ``{data_site: {model_name: metrics}}`` (NVFlare'
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import RecordDict
 
-from xincept.common.fedconfig import FedSettings
 from xincept.common.pooled_metrics import pooled_metrics
 from xincept.head_message import head_content
+from xincept.server.context import Federation
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "n", "withheld_cells")
 
 
-def score_at_sites(ask: Callable, grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
-                   state: dict[str, torch.Tensor], booster: bytes | None, config: Callable[..., ConfigRecord],
+def score_at_sites(fed: Federation, state: dict[str, torch.Tensor], booster: bytes | None,
                    split: str = "test") -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Per-site metrics and the pooled metrics of one model, from each site's released counts."""
     extra = {"split": split, **({"booster": booster} if booster else {})}
-    replies = ask(grid, nodes, "evaluate.head", head_content(state, config=config(**extra)),
-                  settings.round_timeout)
-    releases = {nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
+    replies = fed.ask("evaluate.head", head_content(state, config=fed.config(**extra)))
+    releases = {fed.nodes[n]: dict(m.content["metrics"]) for n, m in replies.items()}
+    classes = list(fed.classes or [])
     per_site = {s: pooled_metrics([r], classes) for s, r in sorted(releases.items())}
-    return per_site, pooled_metrics(list(releases.values()), classes)
+    return per_site, pooled_metrics([releases[s] for s in sorted(releases)], classes)
 
 
-def local_only(ask: Callable, grid: Grid, nodes: dict[int, str], settings: FedSettings, classes: list[str],
-               config: Callable[..., ConfigRecord]) -> dict[str, dict[str, Any]]:
+def local_only(fed: Federation) -> dict[str, dict[str, Any]]:
     """Each site's local-only model, scored on its own test split."""
-    replies = ask(grid, nodes, "train.local", RecordDict({"config": config()}), settings.round_timeout)
-    return {nodes[n]: pooled_metrics([dict(m.content["metrics"])], classes) for n, m in sorted(replies.items(), key=lambda x: nodes[x[0]])}
+    replies = fed.ask("train.local", RecordDict({"config": fed.config()}))
+    return {fed.nodes[n]: pooled_metrics([dict(m.content["metrics"])], list(fed.classes or []))
+            for n, m in sorted(replies.items(), key=lambda x: fed.nodes[x[0]])}
 
 
 def summary(m: dict[str, Any]) -> dict[str, Any]:

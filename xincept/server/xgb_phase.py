@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from flwr.app import ConfigRecord
 
 from xincept.common.fedconfig import FedSettings
 from xincept.common.xgb_federated import free_port, merge_bagging, start_tracker
 from xincept.head_message import head_arrays, head_content
+from xincept.server.context import Federation
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +36,22 @@ def tracker_tls(settings: FedSettings, names: list[str]) -> Path | None:
     return folder
 
 
-def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, state: dict[str, torch.Tensor],
-             config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes, dict[str, Any]]:
+def _bagging(fed: Federation, state: dict[str, torch.Tensor], n_train: dict[str, int]) -> tuple[bytes, dict[str, Any]]:
     """Bagging rounds with early stopping on the validation loss pooled over the sites (their released counts)."""
+    settings, nodes = fed.settings, fed.nodes
     arrays = head_arrays(state)  # packed once, sent every round
     raw: bytes | None = None
     total = sum(n_train.values())
     best: tuple[float, int, bytes | None] = (float("inf"), 0, None)
     history = []
     for r in range(1, settings.xgb_bagging_rounds + 1):
-        content = head_content(state, arrays, config=config(booster=raw or b""))
-        replies = ask(grid, nodes, "train.xgb_bagging", content, settings.xgb_timeout)
+        content = head_content(state, arrays, config=fed.config(booster=raw or b""))
+        replies = fed.ask("train.xgb_bagging", content, settings.xgb_timeout)
         order = sorted(replies, key=lambda n: nodes[n])  # by site name: the same merge in every run
         raw = merge_bagging(raw, [bytes(replies[n].content["booster"]["json"]) for n in order],
                             [n_train[nodes[n]] / total for n in order])
-        val = ask(grid, nodes, "evaluate.head", head_content(state, arrays, config=config(split="val", booster=raw)),
-                  settings.xgb_timeout)
+        val = fed.ask("evaluate.head", head_content(state, arrays, config=fed.config(split="val", booster=raw)),
+                      settings.xgb_timeout)
         loss = sum(float(m.content["metrics"]["loss-sum"]) for m in val.values()) / max(
             sum(int(m.content["metrics"]["n"]) for m in val.values()), 1)
         history.append(round(loss, 5))
@@ -65,9 +65,9 @@ def _bagging(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSetti
                             "sites": len(nodes)}
 
 
-def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: FedSettings, state: dict[str, torch.Tensor],
-                  config: Callable[..., ConfigRecord], n_train: dict[str, int]) -> tuple[bytes | None, dict[str, Any]]:
-    """Return the global booster (raw JSON) and facts about the phase."""
+def run_xgb_phase(fed: Federation, state: dict[str, torch.Tensor], n_train: dict[str, int]) -> tuple[bytes | None, dict[str, Any]]:
+    """Return the global booster (raw JSON) and facts about the phase; it ends as soon as any site refuses or fails."""
+    settings, nodes = fed.settings, fed.nodes
     t0 = time.perf_counter()
     arrays = head_arrays(state)
     if settings.xgb_mode == "histogram":
@@ -80,12 +80,12 @@ def run_xgb_phase(ask: Callable, grid: Any, nodes: dict[int, str], settings: Fed
             extra = {"xgb-address": address, "xgb-rank": rank, "xgb-world": len(nodes)}
             if tls is not None and not settings.xgb_tls_dir:  # simulated sites only; deployed sites bring their own
                 extra["xgb-tls-dir"] = str(tls.resolve())
-            msgs[node] = head_content(state, arrays, config=config(**extra))
-        replies = ask(grid, nodes, "train.xgb", msgs, settings.xgb_timeout)
+            msgs[node] = head_content(state, arrays, config=fed.config(**extra))
+        replies = fed.ask("train.xgb", msgs, settings.xgb_timeout)
         raw = next(bytes(m.content["booster"]["json"]) for m in replies.values() if "booster" in m.content)
         info = {"mode": "histogram", "tls": tls is not None, "sites": len(nodes)}
     else:
-        raw, info = _bagging(ask, grid, nodes, settings, state, config, n_train)
+        raw, info = _bagging(fed, state, n_train)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("xgb phase (%s): %.1f s", info["mode"], info["seconds"])
     return raw, info

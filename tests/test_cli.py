@@ -117,3 +117,25 @@ def test_help_shows_the_defaults_runs_use() -> None:
     assert {"rounds", "local_epochs", "strategy", "xgb_mode", "min_sites", "join_timeout", "round_timeout", "seed"} <= checked
     out = runner.invoke(server_app, ["simulate", "--help"], terminal_width=200).output
     assert re.search(r"--local-epochs\s.*\[default: 3\]", out)
+
+
+@pytest.mark.parametrize("option", ["--cache-dir", "--state-dir"])
+def test_join_refuses_an_unwritable_folder_in_one_line(tmp_path: Path, option: str) -> None:
+    """A read-only cache or state folder stops `join` before it starts, naming the option, the folder and the fix."""
+    import os
+
+    from xincept.common.synthetic import write_image_folder
+
+    if os.geteuid() == 0:  # root writes anywhere: a file where the folder should be fails for root too
+        locked = tmp_path / "locked"
+        locked.write_text("a file, not a folder")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+    data = write_image_folder(tmp_path / "data", per_class=4, size=32)
+    others = {"--cache-dir": str(tmp_path / "cache"), "--state-dir": str(tmp_path / "state")}
+    others[option] = str(locked)
+    res = runner.invoke(client_app, ["join", "--site", "a", "--data", str(data), "--insecure", "--max-retries", "0",
+                                     *[x for k, v in others.items() for x in (k, v)]])
+    assert res.exit_code == 2, res.output
+    assert f"{option} {locked} cannot be written" in res.output and "Traceback" not in res.output

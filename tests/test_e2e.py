@@ -48,10 +48,30 @@ def _acquire_refused(port: int, root_cert: Path | None = None) -> bool:
     try:
         client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
     except httpx.HTTPStatusError as exc:
-        return exc.response.status_code == 401
+        return exc.response.status_code in (401, 404)  # 401: the API wants the secret; 404: the port serves no Runtime API
     finally:
         client.close()
     return False
+
+
+def _outsider_cli(tmp: Path, port: int, ca: Path):
+    """Flower's `flwr` CLI pointed at the hospitals' port with the public CA certificate (what any hospital holds)."""
+    home = tmp / "outsider-flwr"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "fleet"\n\n[superlink.fleet]\naddress = "127.0.0.1:{port}"\n'
+                                      f'root-certificates = "{ca}"\n')
+    app = tmp / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text('[project]\nname = "evil"\nversion = "1.0.0"\n[tool.flwr.app]\npublisher = "x"\n'
+                                        '[tool.flwr.app.components]\nserverapp = "evil:app"\nclientapp = "evil:app"\n'
+                                        '[tool.flwr.app.config]\nout-dir = "/tmp/evil"\n')
+    env = {**_env(tmp), "FLWR_HOME": str(home)}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "flwr"), *args, "fleet"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp)
+
+    return run
 
 
 def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_path: Path) -> None:
@@ -66,17 +86,28 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
     intruder_key = make_node_keys(tmp_path / "intruder", ["intruder"])["intruder"]  # a valid key pair, never registered
     cfg = tmp_path / "fed.toml"
     cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\n")  # each message starts a ClientApp process
-    port = free_port()
+    port, control_port = free_port(), free_port()
     out = tmp_path / "out"
     env = _env(tmp_path)
     server = subprocess.Popen(_cli("xincept-server") + ["start", "--out", str(out), "--tls-dir", str(tmp_path / "tls"), "--min-sites", "3",
                                                       "--rounds", "2", "--join-timeout", "180", "--port", str(port), "--config", str(cfg),
+                                                      "--control-port", str(control_port),
                                                       "--auth-keys", str(tmp_path / "tls" / "nodes"), *TINY],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     from xincept.server.superlink import wait_port
 
     wait_port("127.0.0.1", port, 120, server)
     assert _acquire_refused(port, tls["ca"])  # nobody else can take the run's ServerApp task on the hospitals' port
+    assert _acquire_refused(control_port, tls["ca"])  # nor on the SuperLink's own loopback port without start's secret
+    # with only the public CA certificate, Flower's own CLI on the hospitals' port can neither register a key, nor submit,
+    # list or stop a run: the port serves the Fleet API alone (the operator's start keeps working: asserted below)
+    outsider = _outsider_cli(tmp_path, port, tls["ca"])
+    for args in (["supernode", "register", f"{intruder_key}.pub"], ["run", str(tmp_path / "app")], ["ls"], ["stop", "1"]):
+        res = outsider(args)
+        assert res.returncode != 0, (args, res.stdout[-800:])
+    (tmp_path / "operator").mkdir()
+    operator = _outsider_cli(tmp_path / "operator", control_port, tls["ca"])  # the same CLI on the loopback port: it works
+    assert operator(["ls"]).returncode == 0
     clients = []
     runtime_ports = {name: free_port() for name in ["hospital-0", "hospital-1", "hospital-2", "intruder"]}
     intruder_log = tmp_path / "intruder.log"  # every join's output: tmp_path/NAME.log
@@ -127,3 +158,132 @@ def test_server_gives_up_when_too_few_sites_join(tmp_path: Path) -> None:
     assert "only 0 of the required 2 site(s) joined" in res.stderr + res.stdout
     assert time.monotonic() - t0 < 240
     assert not (out / "model").exists()
+
+
+def _start(tmp: Path, out: Path, port: int, *extra: str, tls: bool = False) -> subprocess.Popen:
+    args = ["start", "--out", str(out), "--port", str(port), *TINY, *extra]
+    args += ["--tls-dir", str(tmp / "tls")] if tls else ["--insecure"]
+    return subprocess.Popen(_cli("xincept-server") + args, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _own_processes(pid: int, marker: str) -> list[str]:
+    """Command lines of live processes that belong to a start under ``marker`` (its --out folder) or descend from ``pid``."""
+    from xincept.common.processes import descendants
+
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (marker in cmd or int(proc.name) in descendants(pid)):
+            found.append(cmd[:200])
+    return found
+
+
+def test_sigterm_stops_every_child_of_start_and_a_second_start_works_at_once(tmp_path: Path) -> None:
+    """SIGTERM to `start` (a service manager, `docker stop`) stops the SuperLink, the SuperExec, the Fleet gateway and
+    `flwr run` within 10 s; the same port and folder take a new start at once."""
+    port = free_port()
+    out = tmp_path / "out"
+    first = _start(tmp_path, out, port, "--min-sites", "2", "--join-timeout", "120")
+    from xincept.server.superlink import wait_port
+
+    wait_port("127.0.0.1", port, 120, first)
+    time.sleep(2)  # `flwr run` submitted and the ServerApp waiting for sites
+    children = _own_processes(first.pid, str(out))
+    assert any("flower-superlink" in c for c in children) and any("fleet_gateway" in c for c in children), children
+    first.send_signal(15)
+    first.wait(timeout=15)
+    deadline = time.monotonic() + 10
+    while _own_processes(first.pid, str(out)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _own_processes(first.pid, str(out)) == []
+    second = _start(tmp_path, out, port, "--min-sites", "2", "--join-timeout", "3")
+    output, _ = second.communicate(timeout=180)
+    assert second.returncode != 0 and "only 0 of the required 2 site(s) joined" in output, output[-2000:]
+    assert "Public key already in use" not in output and "address already in use" not in output.lower()
+
+
+def test_the_fleet_port_refuses_huge_bodies_before_reading_them(tmp_path: Path) -> None:
+    """Three 1 GB bodies to the hospitals' port are refused (413 from their declared length, 411 without one) while
+    the SuperLink's memory stays put; only Fleet paths reach the SuperLink."""
+    import http.client
+
+    from xincept.common.processes import descendants
+    from xincept.server.superlink import wait_port
+
+    port = free_port()
+    out = tmp_path / "out"
+    server = _start(tmp_path, out, port, "--min-sites", "2", "--join-timeout", "60")
+    try:
+        wait_port("127.0.0.1", port, 120, server)
+
+        def superlink_rss_mb() -> float:
+            pids = [p for p in descendants(server.pid)
+                    if b"flower-superlink" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 / 2**20 for p in pids)
+
+        before = superlink_rss_mb()
+        assert before > 0
+        statuses = []
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.putrequest("POST", "/v1/fleet/push-object")
+            conn.putheader("Content-Length", str(2**30))
+            conn.endheaders()
+            try:
+                conn.send(b"\0" * (8 * 2**20))  # the first 8 MB of the gigabyte: the answer comes before the rest
+            except OSError:
+                pass
+            statuses.append(conn.getresponse().status)
+            conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/v1/fleet/push-object", skip_accept_encoding=True)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        statuses.append(conn.getresponse().status)
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/control/list-runs", body=b"")
+        statuses.append(conn.getresponse().status)
+        conn.close()
+        assert statuses == [413, 413, 413, 411, 404]
+        assert superlink_rss_mb() - before < 100
+        assert server.poll() is None  # still waiting for its sites
+    finally:
+        stop_tree(server)
+
+
+def test_a_key_joining_under_another_sites_name_is_refused_naming_both(tmp_path: Path) -> None:
+    from xincept.common.synthetic import write_image_folder
+    from xincept.server.superlink import wait_port
+
+    keys = subprocess.run(_cli("xincept-server") + ["keys", "--out", str(tmp_path / "tls"), "--site", "hospital-a",
+                                                   "--site", "hospital-b"], env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    port = free_port()
+    server = _start(tmp_path, tmp_path / "out", port, "--min-sites", "2", "--join-timeout", "120", "--auth-keys",
+                    str(tmp_path / "tls" / "nodes"), tls=True)
+    sites = []
+    try:
+        wait_port("127.0.0.1", port, 120, server)
+        for i, (name, key) in enumerate([("hospital-a", "hospital-a"), ("hospital-x", "hospital-b")]):
+            data = write_image_folder(tmp_path / f"data{i}", per_class=10, size=64, seed=i)
+            sites.append(subprocess.Popen(
+                _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
+                                          "--root-cert", str(tmp_path / "tls" / "ca.crt"),
+                                          "--auth-key", str(tmp_path / "tls" / "nodes" / f"{key}.key"),
+                                          "--cache-dir", str(tmp_path / f"cache{i}"), "--state-dir", str(tmp_path / f"state{i}"),
+                                          "--clientapp-port", str(free_port())],
+                env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        output, _ = server.communicate(timeout=300)
+    finally:
+        for p in [server, *sites]:
+            stop_tree(p)
+    assert server.returncode != 0
+    assert "the key of site 'hospital-b' (hospital-b.key.pub) but joined as 'hospital-x'" in output, output[-3000:]
+    assert not (tmp_path / "out" / "model").exists()

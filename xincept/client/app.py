@@ -32,6 +32,12 @@ def _local(msg: Message, context: Context, partition_dir: Path | None) -> tuple[
     check_pushed_app(str(cfg["xincept-version"]) if "xincept-version" in cfg else None,
                      str(cfg["code-hash"]) if "code-hash" in cfg else None, facts.name)
     nc = context.node_config
+    if nc.get("classes"):  # the site's own class order (`join --classes`): the server's must be the same
+        own = tuple(c for c in str(nc["classes"]).split(",") if c)
+        if classes is not None and classes != own:
+            raise PolicyViolation("classes", f"the server's class order {list(classes)} differs from this site's --classes "
+                                  f"{list(own)}: every site and the server must use one order (labels are class indices)")
+        classes = own
     local = load_local_site(facts.name, facts.data_dir, facts.manifest, classes, settings,
                             str(nc["cache-dir"]) if nc.get("cache-dir") else None,
                             str(nc["weights-dir"]) if nc.get("weights-dir") else None, facts.allow_outside_paths)

@@ -66,6 +66,11 @@ def join(
                  "min_cell_count": min_cell_count, "allow_fedsgd_without_dp": allow_fedsgd_without_dp,
                  "allow_outside_paths": allow_outside_paths or None}
     rules = replace(rules, **{k: v for k, v in overrides.items() if v is not None})
+    from xincept.common.atomic import require_writable
+    from xincept.common.config import default_cache_dir
+
+    require_writable(state_dir or default_state_dir(site), "--state-dir")
+    require_writable(cache_dir or default_cache_dir(), "--cache-dir")
     state = SiteState(state_dir or default_state_dir(site))
     fixed = state.split()
     if fixed is not None:
@@ -96,5 +101,5 @@ def join(
                                      cache_dir=cache_dir, weights_dir=weights_dir, manifest=manifest, clientapp_port=clientapp_port, tls_dir=tls_dir,
                                      max_retries=max_retries, max_wait_time=max_wait_time, state_dir=state.dir,
                                      policy_file=policy_file, audit_log=audit_log, privacy_ledger=privacy_ledger,
-                                     threads=threads))
+                                     threads=threads, classes=split_names(classes)))
     raise typer.Exit(code)

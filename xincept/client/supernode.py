@@ -40,6 +40,7 @@ class NodeOptions:
     audit_log: Path | None = None
     privacy_ledger: Path | None = None  # default: state-dir/privacy-ledger.json
     threads: int | None = None  # CPU threads of the site's computations (default: torch's, one per core)
+    classes: list[str] | None = None  # the site's class order (`join --classes`), checked against the server's
 
 
 def _quote(v: str) -> str:
@@ -57,6 +58,8 @@ def node_config(opts: NodeOptions) -> str:
         items["manifest"] = str(opts.manifest.resolve())
     if opts.tls_dir:
         items["tls-dir"] = str(opts.tls_dir.resolve())
+    if opts.classes:
+        items["classes"] = ",".join(opts.classes)
     for key, path in (("state-dir", opts.state_dir), ("policy-file", opts.policy_file), ("audit-log", opts.audit_log),
                       ("privacy-ledger", opts.privacy_ledger)):
         if path:

@@ -76,3 +76,21 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def require_writable(folder: Path, option: str) -> Path:
+    """``folder``, created if missing, once a file can be written in it; a one-line SettingError naming ``option``, the
+    folder and the fix otherwise (a read-only mount, another user's folder, a full disk)."""
+    import tempfile
+
+    from xincept.common.errors import SettingError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise SettingError(f"{option} {folder} cannot be written ({exc.strerror or exc}): give a folder this user can write, "
+                           "on a disk with free space (check its permissions and mount)") from None
+    return folder

@@ -58,6 +58,8 @@ def make_certificates(out: Path, hosts: list[str], days: int = 365) -> dict[str,
     files = {"ca": out / CA_CERT, "ca_key": out / CA_KEY, "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
     key = ec.generate_private_key(ec.SECP384R1())
     sans = []
+    # the SuperLink itself listens on 127.0.0.1 with this certificate (xincept.server.superlink): always valid there
+    hosts = list(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
     for h in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))

@@ -27,7 +27,9 @@ def start(
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (testing only).")] = False,
     auth_keys: Annotated[Path | None, typer.Option("--auth-keys", help="Folder of registered SuperNode public keys (*.pub, from `xincept-server keys --site`): only those nodes may join.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for all interfaces).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="SuperLink port (Fleet and Control APIs).")] = 9092,
+    port: Annotated[int, typer.Option("--port", help="The port the hospitals reach: Flower's Fleet API only (the Control and Runtime APIs are never served there).")] = 9092,
+    control_port: Annotated[int, typer.Option("--control-port", help="The SuperLink's own port, on 127.0.0.1 only: the operator's flwr CLI and the ServerApp (0: a free port).")] = 0,
+    max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Largest Fleet request body accepted on --port, in MB; larger ones are refused before they are read (a head message's object is about 1 MB).")] = 64.0,
     public_host: Annotated[str | None, typer.Option("--public-host", help="Name or IP sites use to reach this server (for XGBoost's tracker; default: --host).")] = None,
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="Sites use random backbone weights (recorded as a warning).")] = False,
     random_backbones: RandomBackbonesOpt = None,
@@ -70,7 +72,8 @@ def start(
     settings.run_config()  # backbone, head and split settings refused here, not at the sites after start-up
     claim_out_dir(out, settings.resume, fresh)
     warn_random_weights(settings.backbones, settings.pretrained, settings.random_backbones)
-    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys))
+    metrics = run_server(settings, LinkOptions(host=host, port=port, tls_dir=tls_dir, insecure=insecure, auth_keys=auth_keys,
+                                                 control_port=control_port, max_request_mb=max_request_mb))
     g = metrics["global"]
     typer.echo(f"federated accuracy {100 * g['accuracy']:.1f}% over {g['n']} held-out images at {len(metrics['sites'])} sites; "
                f"wrote {out / 'model'}, {out / 'metrics.json'}, {out / 'report.md'}")

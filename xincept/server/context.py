@@ -24,6 +24,7 @@ class FederationError(XinceptError):
 
 
 POLL_FIRST_S, POLL_MAX_S = 0.005, 0.05
+LIVENESS_EVERY_S = 2.0  # how often a wait checks that the sites it waits for are still connected
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
     node_of = dict(zip(ids, msgs))
     pending, replies = set(node_of), {}
     deadline, pause = time.monotonic() + timeout, POLL_FIRST_S
+    next_check = time.monotonic() + LIVENESS_EVERY_S
     while pending:
         for m in grid.pull_messages(pending):
             answered = m.metadata.reply_to_message_id
@@ -95,6 +97,13 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
         if time.monotonic() > deadline:
             missing = sorted(nodes[node_of[i]] for i in pending)
             raise FederationError(f"{message_type}: no reply from site(s) {missing} within {timeout:.0f} s")
+        if time.monotonic() > next_check:  # a site whose SuperNode went away is named now, not at the timeout
+            connected = set(grid.get_node_ids())
+            gone = sorted(nodes[node_of[i]] for i in pending if node_of[i] not in connected)
+            if gone:
+                raise FederationError(f"{message_type}: site(s) {gone} disconnected (their SuperNode stopped sending "
+                                      "heartbeats) before answering")
+            next_check = time.monotonic() + LIVENESS_EVERY_S
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MAX_S)
     return replies

@@ -207,9 +207,24 @@ def join(grid: Grid, settings: FedSettings, classes_hint: list[str] | None) -> t
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise FederationError(f"two sites use the same name ({names}): give each `xincept-client join --site` a unique name")
+    check_identities(sites, Path(settings.out_dir) / "superlink" / "node-names.json")
     classes = check_sites(sites)
     log.info("join: %d site(s) %s, classes %s", len(sites), names, classes)
     return Federation(grid, {s.node_id: s.name for s in sites}, settings, classes), sites
+
+
+def check_identities(sites: list[Site], bindings: Path) -> None:
+    """With node authentication, each node id belongs to the site its key was issued to (``start`` records them as it
+    registers the keys): a site that joins under another name is refused, naming the key and both names."""
+    if not bindings.is_file():
+        return
+    issued = {int(n): name for n, name in json.loads(bindings.read_text()).items()}
+    for s in sites:
+        owner = issued.get(s.node_id)
+        if owner is not None and owner != s.name:
+            raise FederationError(f"node {s.node_id} authenticated with the key of site {owner!r} ({owner}.key.pub) but "
+                                  f"joined as {s.name!r}: a site must join under the name its key was issued to "
+                                  f"(`xincept-client join --site {owner}`), or get its own key (`xincept-server keys --site NAME`)")
 
 
 def embed(fed: Federation) -> tuple[dict[int, dict[int, dict[str, np.ndarray]]], dict[str, dict[str, Any]]]:

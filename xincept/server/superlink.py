@@ -6,15 +6,16 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from xincept.common.atomic import write_text_atomic
+from xincept.common.atomic import write_json_atomic, write_text_atomic
 from xincept.common.errors import XinceptError
 from xincept.common.processes import stop_tree
 from xincept.common.runtime_secret import write_runtime_secret
@@ -40,6 +41,11 @@ class LinkOptions:
     # round trip per object (the SuperLink was CPU-bound on it; bench/deployed.py). Nothing of it is needed to resume:
     # the run resumes from xincept's own checkpoints, and the node keys are registered at every start.
     database: str = ":flwr-in-memory:"
+    control_port: int = 0  # the SuperLink's own port on 127.0.0.1 (Control, Runtime and Fleet APIs); 0: a free one
+    max_request_mb: float = 64.0  # Fleet request bodies above this are refused at the gateway before they are read
+
+
+LOOPBACK = "127.0.0.1"
 
 
 def _toml_value(v: object) -> str:
@@ -83,7 +89,8 @@ clientapp = "xincept.client.app:app"
 
 def write_flwr_home(home: Path, opts: LinkOptions) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{opts.host}:{opts.port}"']
+    # the operator's own flwr CLI reaches the SuperLink on loopback; the hospitals' port serves the Fleet API only
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{LOOPBACK}:{opts.control_port}"']
     if opts.insecure:
         lines.append("insecure = true")
     else:
@@ -107,14 +114,14 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
 def _tls_args(opts: LinkOptions) -> dict[str, Path]:
     from xincept.common.tls import tls_files
 
-    return tls_files(opts.tls_dir)  # type: ignore[arg-type]
+    return {k: v.resolve() for k, v in tls_files(opts.tls_dir).items()}  # type: ignore[arg-type]  (children run elsewhere)
 
 
 def superlink_command(opts: LinkOptions, state_dir: Path, secret: Path) -> list[str]:
     """Flower's own ``flower-superlink``. ``--isolation process``: it starts no SuperExec of its own; the one
     :func:`superexec_command` describes takes the run's ServerApp task, signed with ``secret`` (Flower's SuperExec
     authentication), so nobody else who reaches the port can take the task and act as the run's ServerApp."""
-    cmd = [shutil.which("flower-superlink") or "flower-superlink", "--host", opts.host, "--port", str(opts.port),
+    cmd = [shutil.which("flower-superlink") or "flower-superlink", "--host", LOOPBACK, "--port", str(opts.control_port),
            "--database", opts.database if opts.database else str(state_dir / "superlink.db"),
            "--disable-runtime-dependency-installation", "--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     if opts.insecure:
@@ -130,14 +137,39 @@ def superlink_command(opts: LinkOptions, state_dir: Path, secret: Path) -> list[
 def superexec_command(opts: LinkOptions, secret: Path) -> list[str]:
     """Flower's own ``flower-superexec``: it starts a ``flwr-serverapp`` process per run (the installed xincept
     ServerApp; the submitted bundle is checked as data, xincept.common.fab) and ends with this process."""
-    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host
-    cmd = [shutil.which("flower-superexec") or "flower-superexec", "--runtime-api-address", f"{host}:{opts.port}",
+    cmd = [shutil.which("flower-superexec") or "flower-superexec", "--runtime-api-address", f"{LOOPBACK}:{opts.control_port}",
            "--parent-pid", str(os.getpid()), "--superexec-auth-secret-file", str(secret)]
     if opts.insecure:
         cmd.append("--insecure")
     else:
         cmd += ["--root-certificates", str(_tls_args(opts)["ca"])]
     return cmd
+
+
+def gateway_command(opts: LinkOptions) -> list[str]:
+    """The Fleet API gateway (:mod:`xincept.server.fleet_gateway`) on the hospitals' address, in front of the SuperLink."""
+    host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    cmd = [sys.executable, "-m", "xincept.server.fleet_gateway", "--listen", f"{host}:{opts.port}",
+           "--upstream", f"{LOOPBACK}:{opts.control_port}", "--max-request-mb", f"{opts.max_request_mb:g}"]
+    if opts.insecure:
+        return cmd + ["--insecure"]
+    files = _tls_args(opts)
+    return cmd + ["--certfile", str(files["cert"]), "--keyfile", str(files["key"]), "--ca-certfile", str(files["ca"])]
+
+
+def require_loopback_name(cert: Path) -> None:
+    """The SuperLink listens on 127.0.0.1 with the server's certificate: it must name 127.0.0.1."""
+    from cryptography import x509
+    import ipaddress
+
+    try:
+        san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        ips = san.value.get_values_for_type(x509.IPAddress)
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise ServerError(f"{cert}: not a certificate with subject alternative names ({exc})") from exc
+    if ipaddress.ip_address(LOOPBACK) not in ips:
+        raise ServerError(f"{cert} is not valid for {LOOPBACK}, where the SuperLink listens for the operator's tools: make "
+                          "new certificates with `xincept-server keys` (it always adds 127.0.0.1 and localhost)")
 
 
 def public_keys(auth_keys: Path) -> list[Path]:
@@ -148,14 +180,52 @@ def public_keys(auth_keys: Path) -> list[Path]:
     return keys
 
 
-def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path) -> None:
-    """Register each node's public key with the running SuperLink (Flower's CLI-managed node authentication)."""
+NODE_NAMES = "node-names.json"  # in the SuperLink's state folder: node id -> the site name its key was issued to
+
+
+def key_site(key: Path) -> str:
+    """The site a public key was issued to, from its file name (``xincept-server keys``: ``nodes/<site>.key.pub``)."""
+    return key.name.removesuffix(".pub").removesuffix(".key")
+
+
+def registered_node_id(stdout: str) -> int | None:
+    """The node id in ``flwr supernode register --format json``'s output (a JSON object, perhaps over several lines)."""
+    start = stdout.find("{")
+    while start != -1:
+        try:
+            doc, _ = json.JSONDecoder().raw_decode(stdout[start:])
+        except ValueError:
+            start = stdout.find("{", start + 1)
+            continue
+        if isinstance(doc, dict) and doc.get("success") and "node-id" in doc:
+            return int(doc["node-id"])
+        start = stdout.find("{", start + 1)
+    return None
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path) -> dict[int, str]:
+    """Register each node's public key with the running SuperLink over loopback (Flower's CLI-managed node
+    authentication); returns node id -> the site name each key was issued to."""
+    names: dict[int, str] = {}
     for key in keys:
-        res = subprocess.run([shutil.which("flwr") or "flwr", "supernode", "register", str(key.resolve()), CONNECTION],
-                             env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
+        res = subprocess.run([shutil.which("flwr") or "flwr", "supernode", "register", str(key.resolve()), CONNECTION,
+                              "--format", "json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+        node = registered_node_id(res.stdout)
+        if res.returncode != 0 or node is None:
             raise ServerError(f"registering node key {key} failed: {(res.stdout + res.stderr).strip()[-500:]}")
-        log.info("registered node key %s", key.name)
+        names[node] = key_site(key)
+        log.info("registered node key %s (site %s, node %d)", key.name, names[node], node)
+    return names
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None = None) -> dict:
@@ -169,38 +239,51 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     settings = FedSettings.from_flat({**settings.to_flat(), "out-dir": str(out)})
     app_dir = write_app_dir(state / "app", settings)
     env = {**os.environ, "FLWR_HOME": str(state / "flwr-home"), "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    if not opts.control_port:
+        opts = replace(opts, control_port=free_port())
+    if not opts.insecure:
+        require_loopback_name(_tls_args(opts)["cert"])
     write_flwr_home(state / "flwr-home", opts)
+    # SIGTERM (a service manager, `docker stop`, `kill`) stops every child like Ctrl-C does: nothing is left on the ports
+    signal.signal(signal.SIGTERM, _interrupt)
     private = Path(tempfile.mkdtemp(prefix="xincept-start-"))  # mode 0700: this user only
     secret = write_runtime_secret(private)  # a fresh one per start
     link_log = (state / "superlink.log").open("ab")
-    link = subprocess.Popen(superlink_command(opts, state, secret), stdout=link_log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, cwd=state)
-    superexec = runner = None
+    procs: dict[str, subprocess.Popen] = {}
     try:
-        wait_port(opts.host, opts.port, 60, link)
-        superexec = subprocess.Popen(superexec_command(opts, secret), stdout=link_log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=state)
-        if opts.auth_keys is not None:
-            register_nodes(public_keys(opts.auth_keys), env, state)
-        log.info("SuperLink listening on %s:%d (%s); waiting for %d site(s) for up to %.0f s",
-                 opts.host, opts.port, "insecure" if opts.insecure else "TLS", settings.min_sites, settings.join_timeout)
+        procs["SuperLink"] = subprocess.Popen(superlink_command(opts, state, secret), stdout=link_log, stderr=subprocess.STDOUT,
+                                              env=env, start_new_session=True, cwd=state)
+        wait_port(LOOPBACK, opts.control_port, 60, procs["SuperLink"])
+        if opts.auth_keys is not None:  # over loopback, before the hospitals' port opens
+            names = register_nodes(public_keys(opts.auth_keys), env, state)
+            write_json_atomic(state / NODE_NAMES, {str(n): s for n, s in names.items()})  # the ServerApp checks joins by it
+        else:
+            (state / NODE_NAMES).unlink(missing_ok=True)
+        procs["SuperExec"] = subprocess.Popen(superexec_command(opts, secret), stdout=link_log, stderr=subprocess.STDOUT,
+                                              env=env, start_new_session=True, cwd=state)
+        procs["Fleet gateway"] = subprocess.Popen(gateway_command(opts), stdout=link_log, stderr=subprocess.STDOUT, env=env,
+                                                  start_new_session=True, cwd=state)
+        wait_port(opts.host if opts.host not in ("0.0.0.0", "::") else LOOPBACK, opts.port, 60, procs["Fleet gateway"])
+        log.info("Fleet API on %s:%d (%s) for the sites; SuperLink and its Control and Runtime APIs on %s:%d only; "
+                 "waiting for %d site(s) for up to %.0f s", opts.host, opts.port, "insecure" if opts.insecure else "TLS",
+                 LOOPBACK, opts.control_port, settings.min_sites, settings.join_timeout)
         cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]
-        runner = subprocess.Popen(cmd, env=env, cwd=state, stdout=sys.stderr, stderr=subprocess.STDOUT, start_new_session=True)
+        procs["flwr run"] = runner = subprocess.Popen(cmd, env=env, cwd=state, stdout=sys.stderr, stderr=subprocess.STDOUT,
+                                                       start_new_session=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if status_path.is_file():
                 break
             if runner.poll() is not None and runner.returncode != 0:
                 raise ServerError(f"`flwr run` failed with code {runner.returncode}; see the log above and {state / 'superlink.log'}")
-            if link.poll() is not None:
-                raise ServerError(f"the SuperLink stopped (code {link.returncode}); see {state / 'superlink.log'}")
-            if superexec.poll() is not None:
-                raise ServerError(f"Flower's SuperExec stopped (code {superexec.returncode}); see {state / 'superlink.log'}")
+            for name in ("SuperLink", "SuperExec", "Fleet gateway"):
+                if procs[name].poll() is not None:
+                    raise ServerError(f"the {name} stopped (code {procs[name].returncode}); see {state / 'superlink.log'}")
             if deadline is not None and time.monotonic() > deadline:
                 raise ServerError(f"the run did not finish within {timeout:.0f} s")
             time.sleep(0.5)
     finally:
-        for proc in (runner, superexec, link):  # the run's flwr-serverapp is the SuperExec's child
+        for proc in reversed(list(procs.values())):  # the run's flwr-serverapp is the SuperExec's child
             stop_tree(proc, timeout=5)
         link_log.close()
         shutil.rmtree(private, ignore_errors=True)

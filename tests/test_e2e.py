@@ -287,3 +287,111 @@ def test_a_key_joining_under_another_sites_name_is_refused_naming_both(tmp_path:
     assert server.returncode != 0
     assert "the key of site 'hospital-b' (hospital-b.key.pub) but joined as 'hospital-x'" in output, output[-3000:]
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_a_killed_site_is_named_within_30_s_and_a_quorum_finishes_without_it(tmp_path: Path) -> None:
+    """SIGKILL one of three sites mid-run: with --min-sites 2 the server names it within 30 s, the run completes with the
+    two others, and metrics.json and report.md say which sites contributed to which round."""
+    import os
+    import signal
+
+    from xincept.common.synthetic import write_image_folder
+    from xincept.server.superlink import wait_port
+
+    cfg = tmp_path / "fed.toml"
+    cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\n")
+    port, out = free_port(), tmp_path / "out"
+    server = _start(tmp_path, out, port, "--min-sites", "2", "--rounds", "40", "--join-timeout", "120", "--config", str(cfg),
+                    "--xgb-mode", "none")  # insecure sites refuse XGBoost's phase (it needs mutual TLS); this test is the rounds
+    sites = {}
+    try:
+        wait_port("127.0.0.1", port, 120, server)
+        for i, name in enumerate(["hospital-0", "hospital-1", "hospital-2"]):
+            data = write_image_folder(tmp_path / f"data{i}", per_class=14, size=64, seed=i)
+            sites[name] = subprocess.Popen(
+                _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
+                                          "--insecure", "--cache-dir", str(tmp_path / f"cache{i}"),
+                                          "--state-dir", str(tmp_path / f"state{i}"), "--clientapp-port", str(free_port())],
+                env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint").exists() and time.monotonic() < deadline:  # round 1 done
+            time.sleep(0.2)
+        killed_at = time.time()
+        os.killpg(sites["hospital-2"].pid, signal.SIGKILL)  # the site, its SuperNode and its runner, at once
+        output, _ = server.communicate(timeout=300)
+    finally:
+        for p in [server, *sites.values()]:
+            stop_tree(p)
+    assert server.returncode == 0, output[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["lost_sites"] == {"hospital-2": "disconnected during train.head"}
+    rounds = metrics["rounds"]
+    assert rounds[0]["sites"] == ["hospital-0", "hospital-1", "hospital-2"] and rounds[-1]["sites"] == ["hospital-0", "hospital-1"]
+    first_without = next(r for r in rounds if "hospital-2" not in r["sites"])
+    assert first_without["ended_at"] - killed_at < 30  # named and dropped within 30 s of the kill
+    assert "hospital-2" not in metrics["sites"] and "Sites lost during the run" in (out / "report.md").read_text()
+
+
+def _hospitals(tmp: Path, port: int, tag: str, names: list[str]) -> list[subprocess.Popen]:
+    from xincept.common.synthetic import write_image_folder
+
+    procs = []
+    for i, name in enumerate(names):
+        data = tmp / f"data{i}"
+        if not data.exists():
+            write_image_folder(data, per_class=14, size=64, seed=i)
+        procs.append(subprocess.Popen(
+            _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
+                                      "--root-cert", str(tmp / "tls" / "ca.crt"), "--auth-key", str(tmp / "tls" / "nodes" / f"{name}.key"),
+                                      "--tls-dir", str(tmp / "tls" / "sites" / name), "--cache-dir", str(tmp / f"cache{i}"),
+                                      "--state-dir", str(tmp / f"state-{tag}{i}"), "--clientapp-port", str(free_port())],
+            env=_env(tmp), stdout=(tmp / f"{tag}-{name}.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def test_a_server_killed_mid_run_resumes_and_the_untouched_sites_finish_with_the_same_bundle(tmp_path: Path) -> None:
+    """SIGKILL `start` after round 2, start it again with --resume: the sites (never restarted) rejoin by themselves
+    and the run ends with the bundle an uninterrupted run gives."""
+    import signal
+
+    from xincept.server.superlink import wait_port
+
+    names = ["hospital-0", "hospital-1", "hospital-2"]
+    keys = subprocess.run(_cli("xincept-server") + ["keys", "--out", str(tmp_path / "tls"), *[a for n in names for a in ("--site", n)]],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    cfg = tmp_path / "fed.toml"
+    cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\n")
+    common = ["--min-sites", "3", "--rounds", "6", "--join-timeout", "180", "--config", str(cfg), "--auth-keys",
+              str(tmp_path / "tls" / "nodes")]
+    bundles = {}
+    for tag in ("reference", "interrupted"):
+        port, out = free_port(), tmp_path / tag
+        server = _start(tmp_path, out, port, *common, tls=True)
+        sites = []
+        try:
+            wait_port("127.0.0.1", port, 120, server)
+            sites = _hospitals(tmp_path, port, tag, names)
+            if tag == "interrupted":
+                state = out / "checkpoint" / "state.json"
+                deadline = time.monotonic() + 240
+                while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["completed_round"] >= 2):
+                    time.sleep(0.1)
+                server.send_signal(signal.SIGKILL)  # the whole coordinator process at once: no clean-up of its own
+                server.wait(timeout=30)
+                deadline = time.monotonic() + 30  # its children follow it (they die with their parent)
+                while _own_processes(server.pid, str(out)) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert _own_processes(server.pid, str(out)) == []
+                server = _start(tmp_path, out, port, *common, "--resume", tls=True)
+            output, _ = server.communicate(timeout=420)
+            assert server.returncode == 0, output[-3000:]
+        finally:
+            for p in [server, *sites]:
+                stop_tree(p)
+        bundles[tag] = {f.name: f.read_bytes() for f in sorted((out / "model").iterdir()) if f.name != "model.json"}
+        if tag == "interrupted":
+            assert "reconnecting" in (tmp_path / "interrupted-hospital-0.log").read_text()  # rejoined by itself
+            assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["round"] == 6
+    assert {"head.safetensors", "xgb.json"} <= set(bundles["reference"])
+    assert bundles["interrupted"] == bundles["reference"]

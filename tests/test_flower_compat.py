@@ -53,6 +53,19 @@ def test_the_supernode_loop_is_changed_only_where_it_has_the_time_module_expecte
     assert not fc.shorten_supernode_loop(types.SimpleNamespace(time=object()))  # an unknown layout: left as it is
 
 
+def test_the_node_heartbeat_is_shortened_only_where_flowers_interval_is_found() -> None:
+    conn, sender = types.SimpleNamespace(HEARTBEAT_DEFAULT_INTERVAL=30), types.SimpleNamespace(HEARTBEAT_DEFAULT_INTERVAL=30)
+    assert fc.shorten_heartbeat(conn, sender)
+    assert conn.HEARTBEAT_DEFAULT_INTERVAL == sender.HEARTBEAT_DEFAULT_INTERVAL == fc.NODE_HEARTBEAT_S
+    assert not fc.shorten_heartbeat(types.SimpleNamespace(HEARTBEAT_DEFAULT_INTERVAL=45), sender)
+    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    assert fc.NODE_HEARTBEAT_S >= HEARTBEAT_MIN_INTERVAL  # the SuperLink refuses shorter intervals
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == heartbeat.HEARTBEAT_DEFAULT_INTERVAL == fc.FLOWER_HEARTBEAT_S
+
+
 def test_a_pull_keeps_flowers_tries_and_backs_off_quickly_first() -> None:
     from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 

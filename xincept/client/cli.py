@@ -8,7 +8,7 @@ from xincept.client.cmd_join import join
 from xincept.client.cmd_predict import predict
 from xincept.client.cmd_stage_weights import stage_weights
 from xincept.client.cmd_verify_weights import verify_weights
-from xincept.common.cli import make_app
+from xincept.common.cli import restore_interrupt, make_app
 
 app = make_app("xincept-client", "XIncept-ALL hospital client: check data, predict, explain, stage weights, join a federation.",
                {"check": check, "predict": predict, "explain": explain, "stage-weights": stage_weights,
@@ -16,4 +16,5 @@ app = make_app("xincept-client", "XIncept-ALL hospital client: check data, predi
 
 
 def main() -> None:
+    restore_interrupt()
     app()

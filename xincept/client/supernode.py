@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xincept.common.processes import stop_tree
+from xincept.common.processes import die_with_parent, stop_tree
 from xincept.common.runtime_secret import RUNNER_SECRET_ENV, write_runtime_secret
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def start_runner(opts: NodeOptions, secret: Path, env: dict[str, str]) -> subpro
     """The site's runner (``xincept.client.runner``) for one SuperNode: it takes that SuperNode's tasks (signed with
     ``secret``) and stops when this process is gone, however it ended."""
     return subprocess.Popen([sys.executable, "-m", "xincept.client.runner", f"127.0.0.1:{opts.clientapp_port}",
-                             str(os.getpid())], env={**env, RUNNER_SECRET_ENV: str(secret)}, start_new_session=True)
+                             str(os.getpid())], env={**env, RUNNER_SECRET_ENV: str(secret)}, start_new_session=True,
+                            preexec_fn=die_with_parent)
 
 
 def run_supernode(opts: NodeOptions) -> int:
@@ -155,6 +156,10 @@ def run_supernode(opts: NodeOptions) -> int:
     if opts.threads:  # torch and XGBoost read these when they start (the site's work runs in the runner)
         env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # a shell's background job starts with SIGINT ignored, and children inherit that: Flower's parent monitors (which
+    # stop a process with SIGINT when its parent is gone) would then do nothing. A handler here gives every child the
+    # default disposition again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     private = Path(tempfile.mkdtemp(prefix="xincept-join-"))  # mode 0700: this user only
     delay, tries, trying_since = 2.0, 0, time.monotonic()
     proc = runner = None
@@ -165,7 +170,8 @@ def run_supernode(opts: NodeOptions) -> int:
             secret = write_runtime_secret(secret)  # a fresh secret per SuperNode: only its own runner takes its tasks
             log.info("site %s: starting the SuperNode, connecting to %s", opts.site, opts.server)
             started = time.monotonic()
-            proc = subprocess.Popen(supernode_command(opts, secret), env=env, start_new_session=True, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(supernode_command(opts, secret), env=env, start_new_session=True, preexec_fn=die_with_parent,
+                                    stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace")
             runner = start_runner(opts, secret, env)
             code, refused = _stream(proc)

@@ -187,6 +187,15 @@ def make_app(name: str, help_text: str, commands: dict[str, Callable[..., Any]])
     return app
 
 
+def restore_interrupt() -> None:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt even where the command was started with SIGINT ignored (a shell's
+    background job, a service), and the processes it starts inherit the default disposition again: Flower's parent
+    monitors stop an orphaned child with SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def setting_option(name: str, *flags: str, help: str, **kwargs: Any) -> Any:
     """A ``typer.Option`` for the federation setting ``name``: its default is "unset" (None, so a ``--config`` file or
     the settings object decides) and its help ends with the default runs really use, read from FedSettings."""

@@ -58,3 +58,16 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive the process that started it, however that one ends (SIGKILL
+    included): Linux sends the child SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG). Elsewhere, nothing."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except OSError:
+            pass

@@ -82,6 +82,11 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
         out.append("")
         if metrics.get("privacy_scope"):
             out += [f"**What the epsilon covers.** {metrics['privacy_scope']}", ""]
+    if metrics.get("lost_sites"):
+        out += ["## Sites lost during the run", "",
+                "The run went on without them (at least `--min-sites` sites remained); `metrics.json` → `rounds[].sites` "
+                "lists who contributed to each head round.", ""]
+        out += [f"- {s}: {why}" for s, why in sorted(metrics["lost_sites"].items())] + [""]
     if metrics.get("rejected_updates"):
         out += ["## Rejected updates", ""] + [f"- {s}: {'; '.join(r)}" for s, r in sorted(metrics["rejected_updates"].items())] + [""]
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xincept.common.cli import make_app
+from xincept.common.cli import restore_interrupt, make_app
 from xincept.server.cmd_centralized import centralized
 from xincept.server.cmd_keys import keys
 from xincept.server.cmd_simulate import simulate
@@ -13,4 +13,5 @@ app = make_app("xincept-server", "XIncept-ALL coordinating server: centralized b
 
 
 def main() -> None:
+    restore_interrupt()
     app()

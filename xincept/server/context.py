@@ -6,8 +6,9 @@ the node map, the settings, the classes and a config builder through its paramet
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -23,7 +24,18 @@ class FederationError(XinceptError):
     """The federation cannot go on (a site missing, mismatched or failing)."""
 
 
+class SitesLost(FederationError):
+    """Sites whose SuperNode went away before answering; ``replies`` holds the other sites' answers."""
+
+    def __init__(self, message: str, lost: list[int], replies: dict[int, Message]) -> None:
+        super().__init__(message)
+        self.lost, self.replies = lost, replies
+
+
+log = logging.getLogger(__name__)
+
 POLL_FIRST_S, POLL_MAX_S = 0.005, 0.05
+NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE: Flower's reply for a site that went offline
 LIVENESS_EVERY_S = 2.0  # how often a wait checks that the sites it waits for are still connected
 
 
@@ -35,6 +47,7 @@ class Federation:
     nodes: dict[int, str]
     settings: FedSettings
     classes: list[str] | None = None
+    lost: dict[str, str] = field(default_factory=dict)  # site name -> when and why it left the run (quorum)
 
     def config(self, **extra: Any) -> ConfigRecord:
         """The settings every site receives (whole, less the server's own), the code they must run, the classes,
@@ -56,10 +69,22 @@ class Federation:
         timeout = self.settings.round_timeout if timeout is None else timeout
         msgs = {n: Message(content=content[n] if isinstance(content, dict) else content, message_type=message_type,
                            dst_node_id=n) for n in self.nodes}
-        return collect_replies(self.grid, msgs, self.nodes, message_type, timeout)
+        try:
+            return collect_replies(self.grid, msgs, self.nodes, message_type, timeout)
+        except SitesLost as exc:
+            remaining = len(self.nodes) - len(exc.lost)
+            if remaining < self.settings.min_sites:
+                raise FederationError(f"{exc} ({remaining} site(s) left, fewer than --min-sites "
+                                      f"{self.settings.min_sites})") from None
+            for node in exc.lost:  # the run goes on without them (quorum): every later phase asks the others
+                name = self.nodes.pop(node)
+                self.lost[name] = f"disconnected during {message_type}"
+                log.warning("%s: site %s disconnected; going on with %d site(s) (--min-sites %d)", message_type, name,
+                            remaining, self.settings.min_sites)
+            return exc.replies
 
     def among(self, nodes: dict[int, str]) -> "Federation":
-        """The same federation restricted to ``nodes`` (leave-one-site-out)."""
+        """The same federation restricted to ``nodes`` (leave-one-site-out); a site lost there is lost here too."""
         return replace(self, nodes=dict(nodes))
 
     def with_settings(self, settings: FedSettings) -> "Federation":
@@ -79,7 +104,7 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
     """
     ids = grid.push_messages(list(msgs.values()))
     node_of = dict(zip(ids, msgs))
-    pending, replies = set(node_of), {}
+    pending, replies, lost = set(node_of), {}, []
     deadline, pause = time.monotonic() + timeout, POLL_FIRST_S
     next_check = time.monotonic() + LIVENESS_EVERY_S
     while pending:
@@ -90,6 +115,11 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
             pending.discard(answered)
             node = node_of[answered]
             if m.has_error():
+                if node in lost:
+                    continue  # Flower's own error reply for a site already known to be gone
+                if m.error.code == NODE_UNAVAILABLE:  # Flower's: the site stopped sending heartbeats
+                    lost.append(node)
+                    continue
                 raise FederationError(f"{message_type}: site {nodes[node]} failed: {short_reason(m.error.reason)}")
             replies[node] = m
         if not pending:
@@ -99,13 +129,16 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
             raise FederationError(f"{message_type}: no reply from site(s) {missing} within {timeout:.0f} s")
         if time.monotonic() > next_check:  # a site whose SuperNode went away is named now, not at the timeout
             connected = set(grid.get_node_ids())
-            gone = sorted(nodes[node_of[i]] for i in pending if node_of[i] not in connected)
-            if gone:
-                raise FederationError(f"{message_type}: site(s) {gone} disconnected (their SuperNode stopped sending "
-                                      "heartbeats) before answering")
+            gone = {i for i in pending if node_of[i] not in connected}
+            lost += sorted((node_of[i] for i in gone), key=lambda n: nodes[n])
+            pending -= gone
             next_check = time.monotonic() + LIVENESS_EVERY_S
+            continue
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_MAX_S)
+    if lost:
+        raise SitesLost(f"{message_type}: site(s) {[nodes[n] for n in lost]} disconnected (their SuperNode stopped sending "
+                        "heartbeats) before answering", lost, replies)
     return replies
 
 

@@ -336,6 +336,7 @@ def metrics_of(fed: Federation, sites: list[Site], trained: Trained, v: Validati
         "disclosure": {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
                        "withheld_cells": int(glob.get("withheld_cells", 0))},
         "rejected_updates": result.rejected,
+        **({"lost_sites": dict(fed.lost)} if fed.lost else {}),
         **({"privacy": privacy, "privacy_scope": privacy_scope(settings)} if privacy else {}),
         **({"central_dp": {"noise_multiplier": settings.central_dp_noise, "clipping_norm": settings.central_dp_clip,
                            "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping (Gaussian noise on the clipped sum)",

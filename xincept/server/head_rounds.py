@@ -148,6 +148,7 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
             "member": member,
             "seconds": round(time.perf_counter() - tr, 3),
             "ended_at": round(time.time(), 3),  # wall clock (Unix time): lines a round up with other logs
+            "sites": sorted(nodes[n] for n in replies),  # who contributed (a site lost under a quorum is not here)
             "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()},
             "update_norm": norms,
             "rejected": sorted(rejected),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from xincept.common.atomic import write_json_atomic, write_text_atomic
 from xincept.common.errors import XinceptError
-from xincept.common.processes import stop_tree
+from xincept.common.processes import die_with_parent, stop_tree
 from xincept.common.runtime_secret import write_runtime_secret
 from xincept.common.fedconfig import FedSettings
 
@@ -246,13 +246,14 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     write_flwr_home(state / "flwr-home", opts)
     # SIGTERM (a service manager, `docker stop`, `kill`) stops every child like Ctrl-C does: nothing is left on the ports
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in the children (see xincept.client.supernode)
     private = Path(tempfile.mkdtemp(prefix="xincept-start-"))  # mode 0700: this user only
     secret = write_runtime_secret(private)  # a fresh one per start
     link_log = (state / "superlink.log").open("ab")
     procs: dict[str, subprocess.Popen] = {}
     try:
         procs["SuperLink"] = subprocess.Popen(superlink_command(opts, state, secret), stdout=link_log, stderr=subprocess.STDOUT,
-                                              env=env, start_new_session=True, cwd=state)
+                                              env=env, start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         wait_port(LOOPBACK, opts.control_port, 60, procs["SuperLink"])
         if opts.auth_keys is not None:  # over loopback, before the hospitals' port opens
             names = register_nodes(public_keys(opts.auth_keys), env, state)
@@ -260,16 +261,16 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
         else:
             (state / NODE_NAMES).unlink(missing_ok=True)
         procs["SuperExec"] = subprocess.Popen(superexec_command(opts, secret), stdout=link_log, stderr=subprocess.STDOUT,
-                                              env=env, start_new_session=True, cwd=state)
+                                              env=env, start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         procs["Fleet gateway"] = subprocess.Popen(gateway_command(opts), stdout=link_log, stderr=subprocess.STDOUT, env=env,
-                                                  start_new_session=True, cwd=state)
+                                                  start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         wait_port(opts.host if opts.host not in ("0.0.0.0", "::") else LOOPBACK, opts.port, 60, procs["Fleet gateway"])
         log.info("Fleet API on %s:%d (%s) for the sites; SuperLink and its Control and Runtime APIs on %s:%d only; "
                  "waiting for %d site(s) for up to %.0f s", opts.host, opts.port, "insecure" if opts.insecure else "TLS",
                  LOOPBACK, opts.control_port, settings.min_sites, settings.join_timeout)
         cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]
         procs["flwr run"] = runner = subprocess.Popen(cmd, env=env, cwd=state, stdout=sys.stderr, stderr=subprocess.STDOUT,
-                                                       start_new_session=True)
+                                                       start_new_session=True, preexec_fn=die_with_parent)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if status_path.is_file():

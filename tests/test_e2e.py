@@ -395,3 +395,46 @@ def test_a_server_killed_mid_run_resumes_and_the_untouched_sites_finish_with_the
             assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["round"] == 6
     assert {"head.safetensors", "xgb.json"} <= set(bundles["reference"])
     assert bundles["interrupted"] == bundles["reference"]
+
+
+def test_a_site_with_other_weights_is_refused_at_join_before_anything_is_embedded(tmp_path: Path) -> None:
+    """Two sites stage one set of weights, the third another: the join names the odd site within seconds, and no site
+    has embedded a single image (their caches hold no features)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from xincept.common.backbones import staged_weights_file
+    from xincept.common.synthetic import write_image_folder
+    from xincept.server.superlink import wait_port
+
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+        (tmp_path / f"weights{seed}").mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(staged_weights_file(tmp_path / f"weights{seed}", "test_resnet")))
+    port, out = free_port(), tmp_path / "out"
+    server = subprocess.Popen(_cli("xincept-server") + ["start", "--out", str(out), "--insecure", "--port", str(port),
+                                                       "--min-sites", "3", "--join-timeout", "120", "--backbones", "test_resnet",
+                                                       "--input-size", "80"],
+                              env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sites = []
+    try:
+        wait_port("127.0.0.1", port, 120, server)
+        for i, name in enumerate(["hospital-a", "hospital-b", "hospital-c"]):
+            data = write_image_folder(tmp_path / f"data{i}", per_class=10, size=64, seed=i)
+            weights = tmp_path / ("weights2" if name == "hospital-c" else "weights1")
+            sites.append(subprocess.Popen(
+                _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
+                                          "--insecure", "--weights-dir", str(weights), "--cache-dir", str(tmp_path / f"cache{i}"),
+                                          "--state-dir", str(tmp_path / f"state{i}"), "--clientapp-port", str(free_port())],
+                env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        output, _ = server.communicate(timeout=300)
+    finally:
+        for p in [server, *sites]:
+            stop_tree(p)
+    assert server.returncode != 0
+    assert "site hospital-c differs from site hospital-a and the others in backbone weights" in output, output[-3000:]
+    features = [f for i in range(3) for f in (tmp_path / f"cache{i}").rglob("*") if f.is_file() and "backbones" not in f.parts]
+    assert features == []  # refused before any image was embedded

@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from xincept.client.mods import make_audit_mod, make_policy_mod
 from xincept.client.policy import PolicyViolation
 from xincept.client.site_facts import SiteFacts, site_facts
-from xincept.client.task import (LocalSite, join_info, load_local_site, local_evaluate, local_only_counts, local_train,
+from xincept.client.task import (LocalSite, join_info, joining_site, load_local_site, local_evaluate, local_only_counts, local_train,
                                  train_feature_sums, xgb_bagging_round, xgb_histogram)
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
@@ -23,8 +23,9 @@ from xincept.head_message import head_arrays, state_from
 log = logging.getLogger(__name__)
 
 
-def _local(msg: Message, context: Context, partition_dir: Path | None) -> tuple[LocalSite, SiteFacts]:
-    """The site's data and split, loaded with the settings the policy mod has already checked."""
+def _local(msg: Message, context: Context, partition_dir: Path | None, load=None) -> tuple[LocalSite, SiteFacts]:
+    """The site's data and split, loaded with the settings the policy mod has already checked (``load``: the site's
+    embedded data, :func:`load_local_site`, or its facts alone, :func:`joining_site`)."""
     cfg = msg.content["config"]
     settings = FedSettings.from_flat(dict(cfg))
     classes = tuple(cfg["classes"]) if "classes" in cfg and cfg["classes"] else None
@@ -38,7 +39,7 @@ def _local(msg: Message, context: Context, partition_dir: Path | None) -> tuple[
             raise PolicyViolation("classes", f"the server's class order {list(classes)} differs from this site's --classes "
                                   f"{list(own)}: every site and the server must use one order (labels are class indices)")
         classes = own
-    local = load_local_site(facts.name, facts.data_dir, facts.manifest, classes, settings,
+    local = (load or load_local_site)(facts.name, facts.data_dir, facts.manifest, classes, settings,
                             str(nc["cache-dir"]) if nc.get("cache-dir") else None,
                             str(nc["weights-dir"]) if nc.get("weights-dir") else None, facts.allow_outside_paths)
     return local, facts
@@ -76,7 +77,7 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
 
     @app.query("join")
     def join(msg: Message, context: Context) -> Message:
-        info = join_info(_local(msg, context, partition_dir)[0])
+        info = join_info(_local(msg, context, partition_dir, load=joining_site)[0])  # nothing embedded yet
         counts = MetricRecord({"counts": info.pop("counts"), "n-train": info.pop("n_train"), "n-val": info.pop("n_val"),
                                "n-test": info.pop("n_test"), "n-groups": info.pop("n_groups"),
                                "backbone_bytes": info.pop("backbone_bytes")})

@@ -73,6 +73,32 @@ def load_local_site(name: str, data_dir: str, manifest: str | None, classes: tup
     return local
 
 
+@functools.lru_cache(maxsize=4)
+def joining_site(name: str, data_dir: str, manifest: str | None, classes: tuple[str, ...] | None, settings: FedSettings,
+                 cache_dir: str | None = None, weights_dir: str | None = None, allow_outside: bool = False) -> LocalSite:
+    """What a site needs to answer the join message, without embedding any image: its checked data, its split and its
+    backbones' fingerprints (from the cache's descriptors, or the networks built once), so that a site with other
+    weights, another input size or other classes is refused in seconds, before any site embeds."""
+    from xincept.common.backbones import load_backbones, remember_backbones, remembered_backbones
+    from xincept.common.data import require_usable, scan_site
+
+    cfg = settings.run_config(Path(cache_dir) if cache_dir else None, Path(weights_dir) if weights_dir else None)
+    data = scan_site(Path(data_dir), list(classes) if classes else None, Path(manifest) if manifest else None,
+                     cfg.split.group_block, False, allow_outside)
+    require_usable(data)
+    backbones = remembered_backbones(cfg.backbone, cfg.cache_dir)
+    if backbones is None:
+        backbones = load_backbones(cfg.backbone)
+        remember_backbones(backbones, cfg.backbone, cfg.cache_dir)
+    site = EmbeddedSite(data=data, backbones=backbones, embeddings=None, embed_seconds=0.0)  # type: ignore[arg-type]
+    split = site_split(site.y, site.groups, settings.test_fraction, settings.val_fraction, settings.seed, settings.test_fold)
+    local = LocalSite(name=name, site=site, split=split, settings=settings)
+    local.backbone_bytes = sum(b.param_bytes for b in backbones)
+    for b in backbones:
+        b.model = None  # the embed phase builds them again only if an image is not cached yet
+    return local
+
+
 def dataset_id(local: LocalSite) -> str:
     """The site's data set, by content: a digest of its images' sha256 (what its privacy ledger is keyed by)."""
     import hashlib

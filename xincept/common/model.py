@@ -17,9 +17,9 @@ class XinceptModel:
     head: FusedHead
     booster: object
     classes: list[str]
-    xgb_features: str = "embedding"
+    xgb_features: str  # no default here: XGBConfig's (the one default) or the bundle's own decides
+    xgb_margin: str  # "head": the booster boosts from the head's logits and needs them at prediction too
     history: TrainHistory = field(default_factory=TrainHistory)
-    xgb_margin: str = "none"  # "head": the booster boosts from the head's logits and needs them at prediction too
 
     def xgb_inputs(self, feats: list[np.ndarray]) -> XGBInput:
         return xgb_data(self.head, feats, self.xgb_features, self.xgb_margin)

@@ -123,8 +123,12 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                           *([] if name == "intruder" else ["--tls-dir", str(tmp_path / "tls" / "sites" / name)]),
                                           "--clientapp-port", str(runtime_ports[name])],
                 env=env, stdout=sink, stderr=subprocess.STDOUT))
+        rss_before = _superlink_rss_mb(server.pid)
+        assert _huge_bodies(port, tls["ca"]) == [413, 413, 413]  # three 1 GB bodies while the hospitals train
+        rss_growth = _superlink_rss_mb(server.pid) - rss_before
         output, _ = server.communicate(timeout=600)
         assert server.returncode == 0, output[-3000:]
+        assert rss_growth < 100
         # another local process cannot take a task from a site's SuperNode: its Runtime API wants the site's secret
         for name in ("hospital-0", "hospital-2"):
             assert _acquire_refused(runtime_ports[name]), name
@@ -207,12 +211,42 @@ def test_sigterm_stops_every_child_of_start_and_a_second_start_works_at_once(tmp
     assert "Public key already in use" not in output and "address already in use" not in output.lower()
 
 
-def test_the_fleet_port_refuses_huge_bodies_before_reading_them(tmp_path: Path) -> None:
-    """Three 1 GB bodies to the hospitals' port are refused (413 from their declared length, 411 without one) while
-    the SuperLink's memory stays put; only Fleet paths reach the SuperLink."""
-    import http.client
-
+def _superlink_rss_mb(start_pid: int) -> float:
     from xincept.common.processes import descendants
+
+    pids = [p for p in descendants(start_pid) if b"flower-superlink" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 / 2**20 for p in pids)
+
+
+def _connection(port: int, ca: Path | None):
+    import http.client
+    import ssl
+
+    if ca is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=ssl.create_default_context(cafile=str(ca)))
+
+
+def _huge_bodies(port: int, ca: Path | None = None, n: int = 3) -> list[int]:
+    """``n`` requests declaring 1 GB bodies to the Fleet port, each sending its first 8 MB; their status codes."""
+    statuses = []
+    for _ in range(n):
+        conn = _connection(port, ca)
+        conn.putrequest("POST", "/v1/fleet/push-object")
+        conn.putheader("Content-Length", str(2**30))
+        conn.endheaders()
+        try:
+            conn.send(b"\0" * (8 * 2**20))  # the answer comes before the rest of the gigabyte
+        except OSError:
+            pass
+        statuses.append(conn.getresponse().status)
+        conn.close()
+    return statuses
+
+
+def test_the_fleet_port_refuses_huge_bodies_before_reading_them(tmp_path: Path) -> None:
+    """1 GB bodies to the hospitals' port are refused (413 from their declared length, 411 without one) while the
+    SuperLink's memory stays put; only Fleet paths reach the SuperLink. (During a federation: the TLS test above.)"""
     from xincept.server.superlink import wait_port
 
     port = free_port()
@@ -220,38 +254,21 @@ def test_the_fleet_port_refuses_huge_bodies_before_reading_them(tmp_path: Path) 
     server = _start(tmp_path, out, port, "--min-sites", "2", "--join-timeout", "60")
     try:
         wait_port("127.0.0.1", port, 120, server)
-
-        def superlink_rss_mb() -> float:
-            pids = [p for p in descendants(server.pid)
-                    if b"flower-superlink" in Path(f"/proc/{p}/cmdline").read_bytes()]
-            return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 / 2**20 for p in pids)
-
-        before = superlink_rss_mb()
+        before = _superlink_rss_mb(server.pid)
         assert before > 0
-        statuses = []
-        for _ in range(3):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            conn.putrequest("POST", "/v1/fleet/push-object")
-            conn.putheader("Content-Length", str(2**30))
-            conn.endheaders()
-            try:
-                conn.send(b"\0" * (8 * 2**20))  # the first 8 MB of the gigabyte: the answer comes before the rest
-            except OSError:
-                pass
-            statuses.append(conn.getresponse().status)
-            conn.close()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        statuses = _huge_bodies(port)
+        conn = _connection(port, None)
         conn.putrequest("POST", "/v1/fleet/push-object", skip_accept_encoding=True)
         conn.putheader("Transfer-Encoding", "chunked")
         conn.endheaders()
         statuses.append(conn.getresponse().status)
         conn.close()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = _connection(port, None)
         conn.request("POST", "/v1/control/list-runs", body=b"")
         statuses.append(conn.getresponse().status)
         conn.close()
         assert statuses == [413, 413, 413, 411, 404]
-        assert superlink_rss_mb() - before < 100
+        assert _superlink_rss_mb(server.pid) - before < 100
         assert server.poll() is None  # still waiting for its sites
     finally:
         stop_tree(server)

@@ -274,7 +274,10 @@ def test_the_fleet_port_refuses_huge_bodies_before_reading_them(tmp_path: Path) 
         stop_tree(server)
 
 
-def test_a_key_joining_under_another_sites_name_is_refused_naming_both(tmp_path: Path) -> None:
+@pytest.mark.parametrize("borrowed", ["node key", "xgboost certificate"])
+def test_a_key_or_certificate_of_another_site_is_refused_naming_both(tmp_path: Path, borrowed: str) -> None:
+    """hospital-b's node key joining as hospital-x, or hospital-b presenting hospital-a's XGBoost certificate: refused at
+    join, naming the key or certificate and the names (identities are bound by `xincept-server keys`)."""
     from xincept.common.synthetic import write_image_folder
     from xincept.server.superlink import wait_port
 
@@ -288,12 +291,14 @@ def test_a_key_joining_under_another_sites_name_is_refused_naming_both(tmp_path:
     sites = []
     try:
         wait_port("127.0.0.1", port, 120, server)
-        for i, (name, key) in enumerate([("hospital-a", "hospital-a"), ("hospital-x", "hospital-b")]):
+        second = ("hospital-x", "hospital-b", "hospital-b") if borrowed == "node key" else ("hospital-b", "hospital-b", "hospital-a")
+        for i, (name, key, certs) in enumerate([("hospital-a", "hospital-a", "hospital-a"), second]):
             data = write_image_folder(tmp_path / f"data{i}", per_class=10, size=64, seed=i)
             sites.append(subprocess.Popen(
                 _cli("xincept-client") + ["join", "--site", name, "--data", str(data), "--server", f"127.0.0.1:{port}",
                                           "--root-cert", str(tmp_path / "tls" / "ca.crt"),
                                           "--auth-key", str(tmp_path / "tls" / "nodes" / f"{key}.key"),
+                                          "--tls-dir", str(tmp_path / "tls" / "sites" / certs),
                                           "--cache-dir", str(tmp_path / f"cache{i}"), "--state-dir", str(tmp_path / f"state{i}"),
                                           "--clientapp-port", str(free_port())],
                 env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
@@ -302,7 +307,9 @@ def test_a_key_joining_under_another_sites_name_is_refused_naming_both(tmp_path:
         for p in [server, *sites]:
             stop_tree(p)
     assert server.returncode != 0
-    assert "the key of site 'hospital-b' (hospital-b.key.pub) but joined as 'hospital-x'" in output, output[-3000:]
+    expected = ("the key of site 'hospital-b' (hospital-b.key.pub) but joined as 'hospital-x'" if borrowed == "node key"
+                else "site 'hospital-b' presents the XGBoost certificate of site 'hospital-a'")
+    assert expected in output, output[-3000:]
     assert not (tmp_path / "out" / "model").exists()
 
 

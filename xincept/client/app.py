@@ -78,6 +78,11 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     @app.query("join")
     def join(msg: Message, context: Context) -> Message:
         info = join_info(_local(msg, context, partition_dir, load=joining_site)[0])  # nothing embedded yet
+        tls_dir = context.node_config.get("tls-dir")
+        if tls_dir and (Path(str(tls_dir)) / "client.pem").is_file():  # which certificate it will present (public)
+            from xincept.common.tls import cert_fingerprint
+
+            info["xgb-cert"] = cert_fingerprint(Path(str(tls_dir)) / "client.pem")
         counts = MetricRecord({"counts": info.pop("counts"), "n-train": info.pop("n_train"), "n-val": info.pop("n_val"),
                                "n-test": info.pop("n_test"), "n-groups": info.pop("n_groups"),
                                "backbone_bytes": info.pop("backbone_bytes")})

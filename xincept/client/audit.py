@@ -34,7 +34,7 @@ ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record nam
     "evaluate.head": {"metrics": COUNT_KEYS},
     "train.local": {"metrics": COUNT_KEYS},
 }
-INFO_KEYS = {"site", "version", "fingerprints", "classes", "backbones", "weights", "input-size", "embedding-path"}
+INFO_KEYS = {"site", "version", "fingerprints", "classes", "backbones", "weights", "input-size", "embedding-path", "xgb-cert"}
 IMAGE_NAME = re.compile(r"\.(jpe?g|png|bmp|tiff?|dcm)\b", re.IGNORECASE)
 MAX_METRIC_LIST = 256  # k*k confusion or k*bins histograms; never one value per image
 

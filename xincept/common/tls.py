@@ -99,8 +99,25 @@ def make_site_certificates(out: Path, names: list[str], days: int = 365) -> dict
         write_bytes_atomic(folder / "client.key", _private_pem(key), mode=0o600)
         write_bytes_atomic(folder / "client.pem", cert.public_bytes(serialization.Encoding.PEM))
         write_bytes_atomic(folder / CA_CERT, (out / CA_CERT).read_bytes())
+        # recorded under the site's name beside its node key: the server checks at join that the site presents this one
+        (out / "nodes").mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / "nodes" / XGB_CERT_RECORD.format(name), (cert_fingerprint(folder / "client.pem") + "\n").encode())
         folders[name] = folder
     return folders
+
+
+def cert_fingerprint(path: Path) -> str:
+    """SHA-256 of a PEM certificate's DER bytes (public: it names the certificate, not its key)."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+XGB_CERT_RECORD = "{}.client.sha256"  # OUT/nodes/<site>.client.sha256: the fingerprint of the site's XGBoost certificate
 
 
 def tls_files(tls_dir: Path) -> dict[str, Path]:

@@ -207,24 +207,31 @@ def join(grid: Grid, settings: FedSettings, classes_hint: list[str] | None) -> t
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise FederationError(f"two sites use the same name ({names}): give each `xincept-client join --site` a unique name")
-    check_identities(sites, Path(settings.out_dir) / "superlink" / "node-names.json")
+    check_identities(sites, Path(settings.out_dir) / "superlink")
     classes = check_sites(sites)
     log.info("join: %d site(s) %s, classes %s", len(sites), names, classes)
     return Federation(grid, {s.node_id: s.name for s in sites}, settings, classes), sites
 
 
-def check_identities(sites: list[Site], bindings: Path) -> None:
-    """With node authentication, each node id belongs to the site its key was issued to (``start`` records them as it
-    registers the keys): a site that joins under another name is refused, naming the key and both names."""
-    if not bindings.is_file():
-        return
-    issued = {int(n): name for n, name in json.loads(bindings.read_text()).items()}
+def check_identities(sites: list[Site], state: Path) -> None:
+    """With node authentication, each node id belongs to the site its key was issued to and each site presents the
+    XGBoost certificate issued to it (``start`` records both as it registers the keys): a site that joins under another
+    name, or with another certificate, is refused, naming the key or certificate and the names."""
+    bindings, certs = state / "node-names.json", state / "xgb-certs.json"
+    issued = {int(n): name for n, name in json.loads(bindings.read_text()).items()} if bindings.is_file() else {}
+    fingerprints = json.loads(certs.read_text()) if certs.is_file() else {}
     for s in sites:
         owner = issued.get(s.node_id)
         if owner is not None and owner != s.name:
             raise FederationError(f"node {s.node_id} authenticated with the key of site {owner!r} ({owner}.key.pub) but "
                                   f"joined as {s.name!r}: a site must join under the name its key was issued to "
                                   f"(`xincept-client join --site {owner}`), or get its own key (`xincept-server keys --site NAME`)")
+        presented, expected = str(s.info.get("xgb-cert", "")), fingerprints.get(s.name)
+        if expected and presented and presented != expected:
+            holder = next((name for name, fp in fingerprints.items() if fp == presented), None)
+            raise FederationError(f"site {s.name!r} presents " + (f"the XGBoost certificate of site {holder!r}" if holder else
+                                  "an XGBoost certificate that was not issued to it") + f" (sha256 {presented[:16]}...): pass "
+                                  f"`xincept-client join --tls-dir` the folder made for {s.name} (`xincept-server keys --site {s.name}`)")
 
 
 def embed(fed: Federation) -> tuple[dict[int, dict[int, dict[str, np.ndarray]]], dict[str, dict[str, Any]]]:

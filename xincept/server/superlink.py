@@ -181,6 +181,13 @@ def public_keys(auth_keys: Path) -> list[Path]:
 
 
 NODE_NAMES = "node-names.json"  # in the SuperLink's state folder: node id -> the site name its key was issued to
+XGB_CERTS = "xgb-certs.json"  # site name -> the fingerprint of the XGBoost client certificate issued to it
+
+
+def xgb_cert_records(auth_keys: Path) -> dict[str, str]:
+    """Each site's XGBoost certificate fingerprint, as `xincept-server keys` recorded it beside the node keys."""
+    folder = auth_keys if auth_keys.is_dir() else auth_keys.parent
+    return {f.name.removesuffix(".client.sha256"): f.read_text().strip() for f in sorted(folder.glob("*.client.sha256"))}
 
 
 def key_site(key: Path) -> str:
@@ -258,8 +265,10 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
         if opts.auth_keys is not None:  # over loopback, before the hospitals' port opens
             names = register_nodes(public_keys(opts.auth_keys), env, state)
             write_json_atomic(state / NODE_NAMES, {str(n): s for n, s in names.items()})  # the ServerApp checks joins by it
+            write_json_atomic(state / XGB_CERTS, xgb_cert_records(opts.auth_keys))
         else:
             (state / NODE_NAMES).unlink(missing_ok=True)
+            (state / XGB_CERTS).unlink(missing_ok=True)
         procs["SuperExec"] = subprocess.Popen(superexec_command(opts, secret), stdout=link_log, stderr=subprocess.STDOUT,
                                               env=env, start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         procs["Fleet gateway"] = subprocess.Popen(gateway_command(opts), stdout=link_log, stderr=subprocess.STDOUT, env=env,

@@ -54,6 +54,20 @@ def _acquire_refused(port: int, root_cert: Path | None = None) -> bool:
     return False
 
 
+def _runners_of(join_pids: list[int]) -> list[str]:
+    """Live site runners started by these `xincept-client join` processes (the runner's last argument is its parent)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and "xincept.client.runner" in args and any(str(pid) in args for pid in join_pids):
+            found.append(" ".join(args))
+    return found
+
+
 def _outsider_cli(tmp: Path, port: int, ca: Path):
     """Flower's `flwr` CLI pointed at the hospitals' port with the public CA certificate (what any hospital holds)."""
     home = tmp / "outsider-flwr"
@@ -135,6 +149,10 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
     finally:
         for p in [server, *clients]:
             stop_tree(p)
+    deadline = time.monotonic() + 10  # no site runner outlives its join (they once waited forever at interpreter exit)
+    while _runners_of([p.pid for p in clients]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _runners_of([p.pid for p in clients]) == []
     metrics = json.loads((out / "metrics.json").read_text())
     assert sorted(metrics["sites"]) == ["hospital-0", "hospital-1", "hospital-2"]  # the intruder never joined
     # each site answered from its own runner beside Flower's stock SuperNode

@@ -17,6 +17,7 @@ between messages (a fresh process per message re-imported torch and reloaded the
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ class Runner:
         client.close()
 
     def _stop(self, signum: int, frame: object) -> None:
+        """SIGTERM (join stopping, or its death: PR_SET_PDEATHSIG): stop now, even in the middle of a task."""
         self.stop = True
+        raise KeyboardInterrupt
 
     def _client(self, token: str | None):
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -154,7 +157,15 @@ def main() -> None:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
         start_parent_process_monitor(int(sys.argv[2]))
-    Runner(sys.argv[1]).run()
+    try:
+        Runner(sys.argv[1]).run()
+    except KeyboardInterrupt:
+        log.info("site runner: stopped")
+    finally:
+        # no waiting for worker threads (a task's heartbeat, an HTTP pool) at interpreter exit: an interrupted task
+        # could leave one behind, and the process would then outlive its SuperNode, blocked in that wait
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

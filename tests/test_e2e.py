@@ -214,8 +214,11 @@ def test_sigterm_stops_every_child_of_start_and_a_second_start_works_at_once(tmp
     from xincept.server.superlink import wait_port
 
     wait_port("127.0.0.1", port, 120, first)
-    time.sleep(2)  # `flwr run` submitted and the ServerApp waiting for sites
+    deadline = time.monotonic() + 60  # until the run's ServerApp is up and waiting for sites
+    while not any("flwr-serverapp" in c for c in _own_processes(first.pid, str(out))) and time.monotonic() < deadline:
+        time.sleep(0.2)
     children = _own_processes(first.pid, str(out))
+    assert any("flwr-serverapp" in c for c in children), children
     assert any("flower-superlink" in c for c in children) and any("fleet_gateway" in c for c in children), children
     first.send_signal(15)
     first.wait(timeout=15)

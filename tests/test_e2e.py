@@ -56,16 +56,8 @@ def _acquire_refused(port: int, root_cert: Path | None = None) -> bool:
 
 def _runners_of(join_pids: list[int]) -> list[str]:
     """Live site runners started by these `xincept-client join` processes (the runner's last argument is its parent)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and "xincept.client.runner" in args and any(str(pid) in args for pid in join_pids):
-            found.append(" ".join(args))
-    return found
+    return [" ".join(args) for _, args in _live_processes()
+            if "xincept.client.runner" in args and any(str(pid) in args for pid in join_pids)]
 
 
 def _outsider_cli(tmp: Path, port: int, ca: Path):
@@ -189,20 +181,26 @@ def _start(tmp: Path, out: Path, port: int, *extra: str, tls: bool = False) -> s
                             text=True, start_new_session=True)
 
 
+def _live_processes() -> list[tuple[int, list[str]]]:
+    """(pid, arguments) of every live, non-zombie process."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append((int(proc.name), args))
+    return found
+
+
 def _own_processes(pid: int, marker: str) -> list[str]:
     """Command lines of live processes that belong to a start under ``marker`` (its --out folder) or descend from ``pid``."""
     from xincept.common.processes import descendants
 
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (marker in cmd or int(proc.name) in descendants(pid)):
-            found.append(cmd[:200])
-    return found
+    below = set(descendants(pid))
+    return [" ".join(args)[:200] for p, args in _live_processes() if p in below or marker in " ".join(args)]
 
 
 def test_sigterm_stops_every_child_of_start_and_a_second_start_works_at_once(tmp_path: Path) -> None:

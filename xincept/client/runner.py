@@ -152,7 +152,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API request (every 20 ms) otherwise
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the parent monitor stops this process with SIGINT
+    from xincept.common.cli import restore_interrupt
+
+    restore_interrupt()  # the parent monitor stops this process with SIGINT
     if len(sys.argv) > 2:  # the parent (xincept-client join): stop when it is gone, however it ended
         from flwr.supercore.app_utils import start_parent_process_monitor
 

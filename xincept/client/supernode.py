@@ -155,11 +155,7 @@ def run_supernode(opts: NodeOptions) -> int:
         env["XINCEPT_CACHE_DIR"] = str(opts.cache_dir)
     if opts.threads:  # torch and XGBoost read these when they start (the site's work runs in the runner)
         env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    # a shell's background job starts with SIGINT ignored, and children inherit that: Flower's parent monitors (which
-    # stop a process with SIGINT when its parent is gone) would then do nothing. A handler here gives every child the
-    # default disposition again.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # (SIGINT: restored for the children by the CLI, restore_interrupt)
     private = Path(tempfile.mkdtemp(prefix="xincept-join-"))  # mode 0700: this user only
     delay, tries, trying_since = 2.0, 0, time.monotonic()
     proc = runner = None

@@ -20,6 +20,7 @@ from xincept.common.errors import XinceptError
 from xincept.common.processes import die_with_parent, stop_tree
 from xincept.common.runtime_secret import write_runtime_secret
 from xincept.common.fedconfig import FedSettings
+from xincept.common.tls import XGB_CERT_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,8 @@ XGB_CERTS = "xgb-certs.json"  # site name -> the fingerprint of the XGBoost clie
 def xgb_cert_records(auth_keys: Path) -> dict[str, str]:
     """Each site's XGBoost certificate fingerprint, as `xincept-server keys` recorded it beside the node keys."""
     folder = auth_keys if auth_keys.is_dir() else auth_keys.parent
-    return {f.name.removesuffix(".client.sha256"): f.read_text().strip() for f in sorted(folder.glob("*.client.sha256"))}
+    suffix = XGB_CERT_RECORD.format("")
+    return {f.name.removesuffix(suffix): f.read_text().strip() for f in sorted(folder.glob("*" + suffix))}
 
 
 def key_site(key: Path) -> str:
@@ -197,15 +199,14 @@ def key_site(key: Path) -> str:
 
 def registered_node_id(stdout: str) -> int | None:
     """The node id in ``flwr supernode register --format json``'s output (a JSON object, perhaps over several lines)."""
-    start = stdout.find("{")
+    decoder, start = json.JSONDecoder(), stdout.find("{")
     while start != -1:
         try:
-            doc, _ = json.JSONDecoder().raw_decode(stdout[start:])
+            doc, _ = decoder.raw_decode(stdout[start:])
+            if isinstance(doc, dict) and doc.get("success") and "node-id" in doc:
+                return int(doc["node-id"])
         except ValueError:
-            start = stdout.find("{", start + 1)
-            continue
-        if isinstance(doc, dict) and doc.get("success") and "node-id" in doc:
-            return int(doc["node-id"])
+            pass
         start = stdout.find("{", start + 1)
     return None
 
@@ -253,7 +254,6 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     write_flwr_home(state / "flwr-home", opts)
     # SIGTERM (a service manager, `docker stop`, `kill`) stops every child like Ctrl-C does: nothing is left on the ports
     signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored in the children (see xincept.client.supernode)
     private = Path(tempfile.mkdtemp(prefix="xincept-start-"))  # mode 0700: this user only
     secret = write_runtime_secret(private)  # a fresh one per start
     link_log = (state / "superlink.log").open("ab")

@@ -76,6 +76,11 @@ def test_a_pull_keeps_flowers_tries_and_backs_off_quickly_first() -> None:
     assert not fc.shorten_pull_backoff(module, "missing")
     assert module.pull("tree", lambda oid: b"ok") == b"ok"
     assert seen[0]["initial_backoff"] == fc.SLOW_FIRST_S and "backoff_cap" not in seen[0]  # Flower's cap and tries
+    assert "max_time" not in seen[0]  # Flower's time limit, unless the role sets one
+    runner = types.SimpleNamespace(pull=lambda tree, fetch, **kw: seen.append(kw) or fetch("x"))
+    assert fc.shorten_pull_backoff(runner, "pull", max_time=fc.RUNNER_PULL_MAX_S)
+    runner.pull("tree", lambda oid: b"ok")
+    assert seen[-1]["max_time"] == fc.RUNNER_PULL_MAX_S  # a task whose run ended is given up, not waited on for 2 h
 
     fake, tries = FakeTime(), []
 

@@ -52,6 +52,11 @@ QUICK_GROWTH = 1.5
 QUICK_CAP_S = 0.05
 QUICK_WINDOW_S = 0.5
 SLOW_FIRST_S = 0.25
+# The runner's wait for a message's arrays at its own SuperNode (Flower's: 2 h). The SuperNode hands the runner a
+# task before it holds the arrays; when the server restarts meanwhile, the SuperNode drops the message of the ended
+# run but not the task, and the runner (one task at a time) would wait out Flower's 2 h while the new run's messages
+# queue behind it. A head message's arrays are about 1 MB.
+RUNNER_PULL_MAX_S = 90.0
 
 _warned: set[str] = set()
 
@@ -92,7 +97,7 @@ def apply(role: str) -> bool:
         return shorten_pull_backoff(http_grid, "pull_objects")
     from flwr.supernode.runtime import run_clientapp
 
-    return shorten_pull_backoff(run_clientapp, "pull_and_inflate_object_from_tree")
+    return shorten_pull_backoff(run_clientapp, "pull_and_inflate_object_from_tree", max_time=RUNNER_PULL_MAX_S)
 
 
 class AdaptiveClock:
@@ -175,10 +180,10 @@ def quick_retries(pull_object_fn: Callable[[str], bytes], clock: Callable[[], fl
     return pull
 
 
-def shorten_pull_backoff(module: ModuleType, name: str) -> bool:
+def shorten_pull_backoff(module: ModuleType, name: str, max_time: float | None = None) -> bool:
     """Replace ``module.name`` (a Flower pull function taking ``pull_object_fn`` as its second argument, and
-    ``initial_backoff``) by one with the quick phase first. False, and nothing changed, where the function is
-    missing or already wrapped."""
+    ``initial_backoff``) by one with the quick phase first (and, given ``max_time``, that gives up after it). False,
+    and nothing changed, where the function is missing or already wrapped."""
     fn = getattr(module, name, None)
     if fn is None or getattr(fn, "_xincept_short_backoff", False):
         return False
@@ -190,6 +195,8 @@ def shorten_pull_backoff(module: ModuleType, name: str) -> bool:
         elif len(args) > 1:
             args = (args[0], quick_retries(args[1]), *args[2:])
         kwargs.setdefault("initial_backoff", SLOW_FIRST_S)
+        if max_time is not None:
+            kwargs.setdefault("max_time", max_time)
         return fn(*args, **kwargs)
 
     pull._xincept_short_backoff = True  # type: ignore[attr-defined]

@@ -27,6 +27,10 @@ from xincept.common.fab import COMPONENTS, FAB_FILES, FabRefused, check_fab  # n
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02
+# How long one request of a task to the SuperNode may be retried. A task whose run ended meanwhile (the server
+# restarted and the SuperNode dropped the run's message) is then abandoned instead of holding the runner forever:
+# the runner takes one task at a time, and the next run's messages wait behind it.
+TASK_REQUEST_LIMIT_S = 120.0
 
 
 @dataclass
@@ -58,7 +62,9 @@ class Runner:
                 time.sleep(1.0)
                 continue
             if res.HasField("task") and res.token:
+                log.debug("site runner: task %s of run %s", res.task.task_id, res.task.run_id)
                 self._serve(app, res.token)
+                log.debug("site runner: task %s done", res.task.task_id)
             else:
                 time.sleep(POLL_S)
         client.close()
@@ -74,12 +80,14 @@ class Runner:
         from flwr.supercore.runtime import RuntimeHttpClient
 
         interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
+        retry = make_simple_http_retry_invoker()
         if token:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
+            retry.max_time = TASK_REQUEST_LIMIT_S
         else:  # AcquireTask: signed with the SuperNode's local secret (xincept.client.supernode.run_supernode)
             interceptors += acquire_signer()
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=True, root_certificates=None,
-                                                     interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+                                                     interceptors=interceptors, retry_invoker=retry)
 
     def _serve(self, app, token: str) -> None:
         """One task over the SuperNode's Runtime API."""
@@ -137,8 +145,12 @@ def answer_task(app, client) -> None:
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   reason=sanitise(f"{type(exc).__name__}: {exc}")), reply_to=message)
         push_message(client, reply, context)
-    except Exception:  # noqa: BLE001 (a broken task must not stop the site)
-        log.exception("site: task failed")
+    except Exception as exc:  # noqa: BLE001 (a broken task must not stop the site)
+        if context is None:  # the message never arrived: its run ended (a server restart), or the SuperNode dropped it
+            log.warning("site runner: a task's message could not be read (%s: %s); the task is abandoned",
+                        type(exc).__name__, str(exc)[:200])
+        else:
+            log.exception("site: task failed")
     finally:
         if heartbeat.is_running:
             heartbeat.stop()
@@ -150,7 +162,8 @@ def main() -> None:
     (started and stopped by ``xincept-client join``)."""
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = logging.DEBUG if os.environ.get("XINCEPT_RUNNER_DEBUG") else logging.INFO  # each task's steps, for diagnosis
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API request (every 20 ms) otherwise
     from xincept.common.cli import restore_interrupt
 

@@ -38,11 +38,13 @@ def claim_out_dir(out: Path, resume: bool, fresh: bool) -> None:
     if resume and fresh:
         raise SettingError("--resume and --fresh contradict each other: choose one")
     ckpt = Path(out) / CHECKPOINT
-    if not ckpt.exists() or resume:
-        return
-    if fresh:
+    if fresh:  # the checkpoints and the SuperLink's state file (node registrations) of `start`
         for name in (CHECKPOINT, "checkpoint-loso"):
             shutil.rmtree(Path(out) / name, ignore_errors=True)
+        for name in ("superlink.db", "node-names.json"):
+            (Path(out) / "superlink" / name).unlink(missing_ok=True)
+        return
+    if not ckpt.exists() or resume:
         return
     raise SettingError(f"{out} holds the checkpoint of an earlier run ({ckpt}): pass --resume to continue it "
                        f"(`{resume_command()}`), or --fresh to discard it and start over")

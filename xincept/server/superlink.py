@@ -38,10 +38,9 @@ class LinkOptions:
     tls_dir: Path | None = None
     insecure: bool = False
     auth_keys: Path | None = None  # CSV of registered SuperNode public keys
-    # Flower's in-memory state: every object of every message passes through it, and the SQLite file cost a database
-    # round trip per object (the SuperLink was CPU-bound on it; bench/deployed.py). Nothing of it is needed to resume:
-    # the run resumes from xincept's own checkpoints, and the node keys are registered at every start.
-    database: str = ":flwr-in-memory:"
+    # Flower's SQLite state file; None: OUT/superlink/superlink.db. Node registrations (and their node ids, which the
+    # sites' SuperNodes keep using) survive a restart of the server; ":flwr-in-memory:" forgets them.
+    database: str | None = None
     control_port: int = 0  # the SuperLink's own port on 127.0.0.1 (Control, Runtime and Fleet APIs); 0: a free one
     max_request_mb: float = 64.0  # Fleet request bodies above this are refused at the gateway before they are read
 
@@ -211,18 +210,55 @@ def registered_node_id(stdout: str) -> int | None:
     return None
 
 
-def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path) -> dict[int, str]:
+def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Flower's own CLI against the SuperLink's loopback port (the operator's side)."""
+    return subprocess.run([shutil.which("flwr") or "flwr", *args, CONNECTION, "--format", "json"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def active_node_ids(env: dict[str, str], cwd: Path) -> set[int]:
+    """The nodes the SuperLink's state holds as registered (online or not), by Flower's `flwr supernode list`."""
+    res = _flwr(["supernode", "list"], env, cwd)
+    start = res.stdout.find("{")
+    try:
+        doc = json.loads(res.stdout[start:]) if start != -1 else {}
+    except ValueError:
+        doc = {}
+    if res.returncode != 0 or not doc.get("success"):
+        raise ServerError(f"listing the SuperLink's nodes failed: {(res.stdout + res.stderr).strip()[-500:]}")
+    return {int(n["node-id"]) for n in doc.get("nodes", []) if n.get("status") not in ("unregistered", "deleted")}
+
+
+def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, known: dict[int, str] | None = None) -> dict[int, str]:
     """Register each node's public key with the running SuperLink over loopback (Flower's CLI-managed node
-    authentication); returns node id -> the site name each key was issued to."""
+    authentication); returns node id -> the site name each key was issued to.
+
+    With a state file a key may be registered already (an earlier start on this folder): its node id is the one
+    ``known`` (that start's node-names.json) gives its site, so the site's SuperNode, which kept its node id, goes on
+    unchanged. A node whose key is no longer among ``keys`` is unregistered: removing a key file revokes the site."""
+    known = known or {}
     names: dict[int, str] = {}
     for key in keys:
-        res = subprocess.run([shutil.which("flwr") or "flwr", "supernode", "register", str(key.resolve()), CONNECTION,
-                              "--format", "json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+        site = key_site(key)
+        res = _flwr(["supernode", "register", str(key.resolve())], env, cwd)
         node = registered_node_id(res.stdout)
-        if res.returncode != 0 or node is None:
+        if res.returncode == 0 and node is not None:
+            log.info("registered node key %s (site %s, node %d)", key.name, site, node)
+        elif "already in use" in res.stdout + res.stderr:
+            node = next((n for n, s in known.items() if s == site), None)
+            if node is None:
+                raise ServerError(f"node key {key} is registered in the SuperLink's state file already, but {NODE_NAMES} "
+                                  "beside it does not say under which node: start with --fresh to register every key afresh")
+            log.info("node key %s (site %s) is registered already as node %d", key.name, site, node)
+        else:
             raise ServerError(f"registering node key {key} failed: {(res.stdout + res.stderr).strip()[-500:]}")
-        names[node] = key_site(key)
-        log.info("registered node key %s (site %s, node %d)", key.name, names[node], node)
+        names[node] = site
+    for node in sorted(active_node_ids(env, cwd) - set(names)):
+        res = _flwr(["supernode", "unregister", str(node)], env, cwd)
+        if res.returncode != 0:
+            raise ServerError(f"unregistering node {node}, whose key is no longer in --auth-keys, failed: "
+                              f"{(res.stdout + res.stderr).strip()[-500:]}")
+        log.info("unregistered node %d (site %s): its key is no longer in --auth-keys", node, known.get(node, "unknown"))
     return names
 
 
@@ -263,7 +299,8 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
                                               env=env, start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         wait_port(LOOPBACK, opts.control_port, 60, procs["SuperLink"])
         if opts.auth_keys is not None:  # over loopback, before the hospitals' port opens
-            names = register_nodes(public_keys(opts.auth_keys), env, state)
+            known = json.loads((state / NODE_NAMES).read_text()) if (state / NODE_NAMES).is_file() else {}
+            names = register_nodes(public_keys(opts.auth_keys), env, state, {int(n): s for n, s in known.items()})
             write_json_atomic(state / NODE_NAMES, {str(n): s for n, s in names.items()})  # the ServerApp checks joins by it
             write_json_atomic(state / XGB_CERTS, xgb_cert_records(opts.auth_keys))
         else:

@@ -32,6 +32,8 @@ if [[ -n "$weights" ]]; then
   imagenet labelskew_cv --folds 5 --sites 4 --partition label-skew:2 --no-loso
   imagenet dirichlet --sites 4 --partition dirichlet:0.5      # fold 0 with leave-one-site-out (cross-site validation)
   for eps in 8 3 1; do imagenet "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
+  # whole-model DP (every release covered) beside the rows above, after them (it reads their non-private accuracy)
+  run dp_end_to_end python bench/dp_end_to_end.py --data "$data" --cache-dir "$cache" --weights-dir "$weights"
 fi
 
 run dp python bench/dp.py

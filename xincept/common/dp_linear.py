@@ -1,0 +1,228 @@
+"""Whole-model DP: a linear softmax head on the frozen features, trained by full-batch DP gradient descent.
+
+Why this and not DP-SGD on the fused head: with good frozen features a linear probe loses little accuracy, has
+~8k parameters instead of ~600k (less noise in total), and full-batch steps over every site's images put the noise
+of each step against the signal of ~2,000 images, not a batch of 32 (bench/dp_end_to_end.py measures both).
+
+What a site releases, and nothing else (all under one accounting, :mod:`xincept.common.privacy_accounting`):
+- once, per class the sum of its units' scaled features and the number of units, each unit's contribution clipped to
+  L2 norm 1, plus N(0, stats_noise^2) per coordinate: the server centres the features by their mean and normalises
+  its steps by the count (no raw feature sums leave the site);
+- per step, the sum over its units of the head's loss gradient, each unit's gradient clipped to L2 norm ``clip``,
+  plus N(0, (sigma * clip)^2) per coordinate.
+A unit is an image, or a patient group (``unit="patient"``: a group's contributions are summed, then clipped, so
+adding or removing a patient moves each release by at most its clipping norm). The features are scaled without any
+statistic (signed log, unit L2 norm per image and backbone), then centred by the released mean and brought back to
+unit norm. The server's update (momentum, weight decay) is post-processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from xincept.common.head import signed_log
+from xincept.common.privacy_accounting import Release, calibrate_sigma, statement
+
+UNITS = ("image", "patient")
+
+
+@dataclass(frozen=True)
+class LinearDPConfig:
+    steps: int = 80  # chosen on the sites' validation splits at epsilon 3 (bench/dp_end_to_end.py --tune)
+    clip: float = 1.0
+    lr: float = 1.0  # per step, on the noisy mean gradient
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    stats_share: float = 0.25  # the share of the privacy loss (in RDP) spent on the one release of class sums
+    optimizer: str = "momentum"  # the server's update rule on the summed noisy gradient: "momentum" or "adam"
+    tail_average: float = 0.0  # > 0: the model is the mean of the last (this fraction of) iterates
+    unit: str = "image"
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def scale_features(feats: list[np.ndarray]) -> np.ndarray:
+    """(N, D): every backbone's signed-log features at unit L2 norm per image (over sqrt(backbones), so the whole
+    vector has norm 1). Uses nothing but the image's own features."""
+    parts = []
+    for f in feats:
+        z = signed_log(np.asarray(f, dtype=np.float64))
+        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        parts.append(z / np.sqrt(len(feats)))
+    return np.concatenate(parts, axis=1)
+
+
+def centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(N, D + 1): ``x`` minus the released mean, back at unit norm, then a constant 1 for the bias."""
+    z = x - mean
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([z, np.ones((len(z), 1))], axis=1)
+
+
+def unit_index(n: int, groups: list[str] | None, unit: str) -> np.ndarray:
+    """Per image, the index of its privacy unit: itself, or its patient group."""
+    if unit == "image" or groups is None:
+        return np.arange(n)
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    return inv
+
+
+def _per_unit(units: np.ndarray) -> bool:
+    return len(units) == 0 or np.array_equal(units, np.arange(len(units)))
+
+
+def clipped_class_sums(x: np.ndarray, y: np.ndarray, units: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K, D + 1): per class, the sum of its units' features and (last column) the number of its units; each unit's
+    whole contribution (its features' sum and its count) clipped to L2 norm 1."""
+    rows = np.zeros((len(y), n_classes, x.shape[1] + 1))
+    rows[np.arange(len(y)), y, :-1] = x
+    rows[np.arange(len(y)), y, -1] = 1.0
+    if _per_unit(units):
+        contrib = rows.reshape(len(y), -1)
+    else:
+        contrib = np.zeros((int(units.max()) + 1, rows[0].size))
+        np.add.at(contrib, units, rows.reshape(len(y), -1))
+    norms = np.linalg.norm(contrib, axis=1, keepdims=True)
+    contrib = contrib * np.minimum(1.0, 1.0 / np.maximum(norms, 1e-12))
+    return contrib.sum(0).reshape(n_classes, -1)
+
+
+def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, units: np.ndarray, clip: float) -> np.ndarray:
+    """Sum over units of the softmax cross-entropy gradient w.r.t. ``w`` (D x K), each unit's gradient (the sum over
+    its images) clipped to L2 norm ``clip``."""
+    logits = x @ w
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0  # dL/dlogits
+    if _per_unit(units):
+        # per image: ||x_i (p_i - y_i)^T||_F = ||x_i|| ||p_i - y_i||
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(p, axis=1)
+        scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
+        return x.T @ (p * scale[:, None])
+    total = np.zeros_like(w)
+    for u in np.unique(units):
+        m = units == u
+        g = x[m].T @ p[m]
+        total += g * min(1.0, clip / max(float(np.linalg.norm(g)), 1e-12))
+    return total
+
+
+@dataclass
+class SiteDP:
+    """One site's side: its scaled training features, labels and units, its noise, its releases."""
+
+    x: np.ndarray
+    y: np.ndarray
+    units: np.ndarray
+    n_classes: int
+    cfg: LinearDPConfig
+    sigma: float
+    rng: np.random.Generator
+    _xc: np.ndarray | None = None
+
+    def noisy_stats(self) -> np.ndarray:
+        """The one release of class sums and counts (K x (D + 1)), with noise."""
+        s = clipped_class_sums(self.x, self.y, self.units, self.n_classes)
+        return s + self.rng.normal(0.0, stats_noise(self.cfg, self.sigma), size=s.shape)
+
+    def centre(self, mean: np.ndarray) -> None:
+        self._xc = centred(self.x, mean)
+
+    def noisy_gradient(self, w: np.ndarray) -> np.ndarray:
+        if self._xc is None:
+            raise RuntimeError("centre() first: the gradient is taken on the centred features")
+        g = clipped_gradient_sum(w, self._xc, self.y, self.units, self.cfg.clip)
+        return g + self.rng.normal(0.0, self.sigma * self.cfg.clip, size=g.shape)
+
+
+def stats_noise(cfg: LinearDPConfig, sigma: float) -> float:
+    """The class sums' noise (clipping norm 1) that spends ``stats_share`` of what the steps and it spend together:
+    Gaussian RDP is linear in 1 / noise^2, so 1 / s^2 = share / (1 - share) * steps / sigma^2."""
+    if sigma <= 0:
+        return 0.0
+    return sigma * float(np.sqrt((1 - cfg.stats_share) / (cfg.stats_share * cfg.steps)))
+
+
+def plan_sigma(cfg: LinearDPConfig, epsilon: float, delta: float, other: list[Release] = ()) -> float:
+    """The gradient noise multiplier that spends (epsilon, delta) over ``cfg.steps`` steps, the class sums (at
+    ``stats_share`` of the loss) and ``other``: the steps and the sums are one Gaussian mechanism of
+    ``steps / (1 - share)`` releases at this multiplier."""
+    equivalent_steps = cfg.steps / (1 - cfg.stats_share)
+    return calibrate_sigma(epsilon, delta, int(np.ceil(equivalent_steps)), list(other))
+
+
+def releases(cfg: LinearDPConfig, sigma: float, steps_taken: int) -> list[Release]:
+    """What a site released: the class sums once and ``steps_taken`` gradient sums."""
+    return [Release("gaussian", stats_noise(cfg, sigma), 1, "class sums and counts of the scaled features"),
+            Release("gaussian", sigma, steps_taken, "clipped gradient sums of the linear head")]
+
+
+class ServerDP:
+    """The server's side: sums the sites' noisy releases and steps the shared weights (post-processing only)."""
+
+    def __init__(self, dim: int, n_classes: int, cfg: LinearDPConfig) -> None:
+        self.w = np.zeros((dim + 1, n_classes))
+        self.v = np.zeros_like(self.w)
+        self.m2 = np.zeros_like(self.w)
+        self.cfg = cfg
+        self.mean = np.zeros(dim)
+        self.n_hat = 1.0
+        self.t = 0
+        self.avg = np.zeros_like(self.w)
+        self.n_avg = 0
+
+    def set_stats(self, stats: list[np.ndarray]) -> np.ndarray:
+        """The feature mean the sites centre by, from the summed noisy class sums and counts."""
+        total = np.sum(stats, axis=0)
+        self.n_hat = max(1.0, float(total[:, -1].sum()))
+        self.mean = total[:, :-1].sum(0) / self.n_hat
+        return self.mean
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        g = np.sum(grads, axis=0) / self.n_hat + self.cfg.weight_decay * self.w
+        self.t += 1
+        if self.cfg.optimizer == "adam":
+            b2 = 0.999
+            self.v = self.cfg.momentum * self.v + (1 - self.cfg.momentum) * g
+            self.m2 = b2 * self.m2 + (1 - b2) * g * g
+            vhat = self.v / (1 - self.cfg.momentum**self.t)
+            mhat = self.m2 / (1 - b2**self.t)
+            self.w = self.w - self.cfg.lr * vhat / (np.sqrt(mhat) + 1e-8)
+        else:
+            self.v = self.cfg.momentum * self.v + g
+            self.w = self.w - self.cfg.lr * self.v
+        if self.cfg.tail_average > 0 and self.t > self.cfg.steps * (1 - self.cfg.tail_average):
+            self.n_avg += 1
+            self.avg += (self.w - self.avg) / self.n_avg
+
+    def model(self) -> np.ndarray:
+        """The released weights: the tail average of the iterates (the last iterate when nothing was averaged)."""
+        return self.avg if self.n_avg else self.w
+
+
+def train_linear_dp(sites: list[SiteDP], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole protocol in one process (simulation and benchmarks): (weights, mean)."""
+    cfg = sites[0].cfg
+    server = ServerDP(sites[0].x.shape[1], n_classes, cfg)
+    mean = server.set_stats([s.noisy_stats() for s in sites])
+    for s in sites:
+        s.centre(mean)
+    for _ in range(cfg.steps):
+        server.step([s.noisy_gradient(server.w) for s in sites])
+    return server.model(), mean
+
+
+def predict_proba(w: np.ndarray, mean: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of scaled features ``x`` (:func:`scale_features`)."""
+    logits = centred(x, mean) @ w
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+__all__ = ["LinearDPConfig", "SiteDP", "ServerDP", "UNITS", "clipped_class_sums", "clipped_gradient_sum", "plan_sigma",
+           "predict_proba", "releases", "scale_features", "statement", "train_linear_dp", "unit_index"]

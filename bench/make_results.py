@@ -248,6 +248,15 @@ def dp_end_to_end_section(d: dict) -> list[str]:
     for r in rows:
         lines.append(f"| {r['partition']} | {r['unit']} | {r['epsilon']:g} ({r['delta']:g}) | **{pct(r['accuracy'])}** | "
                      f"{pct(r['non_private_accuracy'])} | {pct(r['non_private_linear_accuracy'])} | {r['weights']} |")
+    proj = d.get("distributed_noise_projection", {})
+    if proj.get("rows"):
+        lines += ["", "Projection, not a private run: " + proj["what"] + ". " + ", ".join(
+            f"epsilon {r['epsilon']:g}: {pct(r['accuracy'])}" for r in proj["rows"]) + f" ({proj['rows'][0]['partition']}, "
+            f"{proj['rows'][0]['unit']} level)."]
+    if any(r["unit"] == "patient" for r in rows):
+        lines += ["", "Patient level: the unit is a patient group (runs of 25 file numbers, as the splits group them), so "
+                  "a site's training data holds a few dozen units, not hundreds of images: each unit's whole contribution is "
+                  "clipped to the norm one image gets, and the noise needed for the same epsilon swamps the signal."]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for part in dict.fromkeys(r["partition"] for r in rows):
         pts = sorted((r["epsilon"], r["accuracy"]) for r in rows if r["partition"] == part and r["unit"] == "image")
@@ -264,7 +273,7 @@ def dp_end_to_end_section(d: dict) -> list[str]:
     eps = sorted({r["epsilon"] for r in rows})
     ax.set_xticks(eps, [f"{e:g}" for e in eps])
     ax.minorticks_off()
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center right")
     return lines + ["", f"![whole-model DP]({_save(fig, 'dp_end_to_end.png')})", ""]
 
 

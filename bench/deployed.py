@@ -207,7 +207,7 @@ def main() -> None:
               "images": sum(1 for _ in sites.rglob("*.*")), "rounds": args.rounds,
               "command": f"python bench/deployed.py --data ../shared/datasets/all4 --cache-dir CACHE --per-site {args.per_site} "
                          f"--rounds {args.rounds} --rtt-ms {args.rtt_ms}",
-              "path": "stock Flower: flower-superlink --isolation process (127.0.0.1) + flower-superexec + flwr-serverapp, behind the xincept Fleet gateway; per site "
+              "path": "stock Flower: flower-superlink --isolation process (127.0.0.1, state in its SQLite file) + flower-superexec + flwr-serverapp, behind the xincept Fleet gateway; per site "
                       "flower-supernode --isolation process + the xincept runner; each site through a latency proxy",
               "protocol": "each site holds out a grouped 20% test split and a grouped 15% validation split of the rest; "
                           "accuracy over the union of the sites' test splits (a small subset: a timing run, not an accuracy claim)",

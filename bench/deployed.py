@@ -10,6 +10,10 @@ and requests per site per head round (counted over the rounds after the first), 
 memory; the simulation's; and their ratios.
 
     python bench/deployed.py [--data ../shared/datasets/all4] [--cache-dir DIR] [--per-site 150] [--rounds 20] [--rtt-ms 0,50]
+                             [--secure-aggregation]
+
+With --secure-aggregation the deployed runs are repeated with `secure-aggregation = true` at each RTT: seconds per
+head round, and bytes a site sends per round in the four messages of a secure round, beside plain FedAvg's.
 
 Random backbone weights (--no-pretrained), 224 px, one head (head-members 1), no leave-one-site-out.
 """
@@ -143,7 +147,13 @@ def run_deployed(sites: Path, out: Path, cache: Path, cfg: Path, model: list[str
     metrics = json.loads((out / "fed" / "metrics.json").read_text())
     ends = [r["ended_at"] for r in metrics["rounds"]]  # requests of rounds 2..R: the first pays one-off costs
     per_site = {s: proxies[s].turns_between(ends[0], ends[-1]) / max(len(ends) - 1, 1) for s in SITES}
-    return {"rtt_ms": rtt_ms, **summary(metrics),
+    secure = [r["secure_aggregation"] for r in metrics["rounds"] if "secure_aggregation" in r]
+    extra = {}
+    if secure:
+        up = [b for r in secure for b in r["bytes_up"].values()]
+        extra = {"secure_bytes_up_per_site_per_round": round(sum(up) / len(up)),
+                 "secure_round_phase_s": round(sum(r["seconds"] for r in secure) / len(secure), 3)}
+    return {"rtt_ms": rtt_ms, **summary(metrics), **extra,
             "requests_per_site_per_round": round(sum(per_site.values()) / len(SITES), 1),
             "requests_per_round_by_site": {s: round(v, 1) for s, v in per_site.items()},
             "wall_s": round(wall, 1), **usage}
@@ -176,6 +186,7 @@ def summary(m: dict) -> dict:
     rounds = m["communication"]["rounds"]
     later = sorted(r["seconds"] for r in m["rounds"][1:])  # the first round also pays each site's first-message costs
     return {"accuracy": m["global"]["accuracy"], "n_test": m["global"]["n"], "rounds": rounds,
+            "plain_update_bytes_per_site_per_round": m["communication"]["bytes_per_site_per_round"],
             "seconds_per_head_round": round(t["head_rounds"] / rounds, 3),
             "first_round_s": m["rounds"][0]["seconds"],
             "median_later_round_s": later[len(later) // 2] if later else None,
@@ -190,6 +201,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rtt-ms", default="0,50", help="Round-trip times to measure the deployed path at, comma-separated.")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--secure-aggregation", action="store_true",
+                    help="Also run the deployed path with secure aggregation at each RTT (its cost beside plain FedAvg).")
     args = ap.parse_args()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the finally blocks stop every server, site and Ray process
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -202,6 +215,11 @@ def main() -> None:
     model = ["--no-pretrained"]
     rtts = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
     deployed = {f"{r:g}": run_deployed(sites, out / f"rtt-{r:g}", cache, cfg, model, args.rounds, r) for r in rtts}
+    secure = {}
+    if args.secure_aggregation:
+        secure_cfg = out / "fed-secure.toml"
+        secure_cfg.write_text("head-members = 1\nsecure-aggregation = true\n")
+        secure = {f"{r:g}": run_deployed(sites, out / f"secure-rtt-{r:g}", cache, secure_cfg, model, args.rounds, r) for r in rtts}
     simulated = run_simulated(sites, out, cache, cfg, model, args.rounds)
     result = {"weights": "random (--no-pretrained)", "input_size": 224, "sites": len(SITES), "threads_per_site": THREADS,
               "images": sum(1 for _ in sites.rglob("*.*")), "rounds": args.rounds,
@@ -212,6 +230,14 @@ def main() -> None:
               "protocol": "each site holds out a grouped 20% test split and a grouped 15% validation split of the rest; "
                           "accuracy over the union of the sites' test splits (a small subset: a timing run, not an accuracy claim)",
               "rtt_ms": deployed, "simulated": simulated}
+    if secure:
+        result["command"] += " --secure-aggregation"
+        result["secure_aggregation"] = {
+            "what": "the same deployed runs with secure-aggregation = true: four messages per head round (keys, shares, "
+                    "masked update, unmasking); bytes_up: what a site sends per round in them, beside the plain head update",
+            "rtt_ms": secure,
+            "ratio_seconds_per_head_round": {r: round(d["seconds_per_head_round"] / deployed[r]["seconds_per_head_round"], 2)
+                                             for r, d in secure.items() if "error" not in d and "error" not in deployed[r]}}
     if "error" not in simulated:
         result["ratio_seconds_per_head_round"] = {r: round(d["seconds_per_head_round"] / simulated["seconds_per_head_round"], 2)
                                                   for r, d in deployed.items() if "error" not in d}

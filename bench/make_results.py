@@ -236,44 +236,46 @@ def plot_dp(cv_runs: dict[str, dict], weights: str = "random weights", png: str 
 
 
 def dp_end_to_end_section(d: dict) -> list[str]:
-    """Whole-model DP (every release covered) beside the non-private federated model, per partition and unit."""
+    """Whole-model DP (every release covered) beside the non-private federated model, per partition, unit and noise."""
     rows = d["rows"]
     lines = ["## Whole-model DP: every release of a site under one epsilon", "",
              f"Command: `{portable(d['command'])}`", "",
              f"Protocol: {d['protocol']} ({d['seeds']} noise draws per fold). Accounting: {d['accounting']}. "
-             "Each site adds the noise for its own guarantee (no secure aggregation). Non-private: the shipped federated model "
-             "(fused head and XGBoost) on the same folds, and the same linear head trained without noise.", "",
-             "| partition | unit | epsilon (delta) | DP accuracy | non-private federated | non-private linear head | weights |",
-             "|---|---|---|---|---|---|---|"]
+             f"{d.get('trust', '')} Non-private: the shipped federated model (fused head and XGBoost) on the same folds, and "
+             "the same linear head trained without noise. Not yet a run mode of `simulate`/`start`.", "",
+             "| partition | unit | noise | epsilon (delta) | DP accuracy | non-private federated | non-private linear head | weights |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['partition']} | {r['unit']} | {r['epsilon']:g} ({r['delta']:g}) | **{pct(r['accuracy'])}** | "
+        noise = "distributed (secure aggregation)" if r["secure_aggregation"] else "local (each site all)"
+        lines.append(f"| {r['partition']} | {r['unit']} | {noise} | {r['epsilon']:g} ({r['delta']:g}) | **{pct(r['accuracy'])}** | "
                      f"{pct(r['non_private_accuracy'])} | {pct(r['non_private_linear_accuracy'])} | {r['weights']} |")
-    proj = d.get("distributed_noise_projection", {})
-    if proj.get("rows"):
-        lines += ["", "Projection, not a private run: " + proj["what"] + ". " + ", ".join(
-            f"epsilon {r['epsilon']:g}: {pct(r['accuracy'])}" for r in proj["rows"]) + f" ({proj['rows'][0]['partition']}, "
-            f"{proj['rows'][0]['unit']} level)."]
     if any(r["unit"] == "patient" for r in rows):
         lines += ["", "Patient level: the unit is a patient group (runs of 25 file numbers, as the splits group them), so "
                   "a site's training data holds a few dozen units, not hundreds of images: each unit's whole contribution is "
                   "clipped to the norm one image gets, and the noise needed for the same epsilon swamps the signal."]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for part in dict.fromkeys(r["partition"] for r in rows):
-        pts = sorted((r["epsilon"], r["accuracy"]) for r in rows if r["partition"] == part and r["unit"] == "image")
-        line, = ax.plot([e for e, _ in pts], [a for _, a in pts], "o-", label=f"DP linear head, {part}")
+        color = None
+        for secure, style in ((False, "o-"), (True, "^--")):
+            pts = sorted((r["epsilon"], r["accuracy"]) for r in rows
+                         if r["partition"] == part and r["unit"] == "image" and r["secure_aggregation"] == secure)
+            if pts:
+                line, = ax.plot([e for e, _ in pts], [a for _, a in pts], style, color=color,
+                                label=f"{part}, {'distributed noise, secure aggregation' if secure else 'local noise'}")
+                color = line.get_color()
         ref = next((r["non_private_accuracy"] for r in rows if r["partition"] == part and r["non_private_accuracy"]), None)
         if ref:
-            ax.axhline(ref, color=line.get_color(), ls=":", label=f"non-private federated, {part}")
+            ax.axhline(ref, color=color, ls=":", label=f"{part}, non-private federated")
         pat = [(r["epsilon"], r["accuracy"]) for r in rows if r["partition"] == part and r["unit"] == "patient"]
         if pat:
-            ax.plot([e for e, _ in pat], [a for _, a in pat], "s", color=line.get_color(), label=f"patient-level DP, {part}")
+            ax.plot([e for e, _ in pat], [a for _, a in pat], "s", color=color, label=f"{part}, patient-level DP")
     ax.set(xscale="log", xlabel="epsilon per site (delta 1e-5), every release", ylabel="accuracy (pooled over 5 folds)",
            title=f"Whole-model DP vs budget (4 sites, {rows[0]['weights']})")
     ax.title.set_fontsize(9)
     eps = sorted({r["epsilon"] for r in rows})
     ax.set_xticks(eps, [f"{e:g}" for e in eps])
     ax.minorticks_off()
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=6, loc="center right")
     return lines + ["", f"![whole-model DP]({_save(fig, 'dp_end_to_end.png')})", ""]
 
 
@@ -364,6 +366,21 @@ def deployment_section(deps: list[dict], fvc: dict | None) -> list[str]:
                           "restart (issue 31); Flower keeps every message object in that file too, and that is where most of "
                           "a deployed round's time beyond the simulation's goes: the same benchmark with Flower's in-memory "
                           "state gave 0.86 s per head round at 0 ms and 1.14 s at 50 ms (2026-12-06, before the change)."]
+            sec = dep.get("secure_aggregation")
+            if sec:
+                lines += ["", "**Secure aggregation** (the same deployed runs with `secure-aggregation = true`; "
+                          + sec["what"] + "):", "",
+                          "| RTT | seconds per head round | plain FedAvg | ratio | bytes a site sends per round | plain update |",
+                          "|---|---|---|---|---|---|"]
+                for rtt, r in sec["rtt_ms"].items():
+                    plain = dep["rtt_ms"].get(rtt, {})
+                    if "error" in r or "error" in plain:
+                        lines.append(f"| {rtt} ms | failed: {r.get('error') or plain.get('error')} |||||")
+                        continue
+                    lines.append(f"| {rtt} ms | {r['seconds_per_head_round']:.2f} s | {plain['seconds_per_head_round']:.2f} s | "
+                                 f"{sec['ratio_seconds_per_head_round'].get(rtt, 'n/a')}x | "
+                                 f"{r['secure_bytes_up_per_site_per_round'] / 1e6:.2f} MB | "
+                                 f"{r['plain_update_bytes_per_site_per_round'] / 1e6:.2f} MB |")
             lines += ["", "Deployed / simulated seconds per head round: "
                       + ", ".join(f"{x}x at {rtt} ms RTT" for rtt, x in ratios.items()) + ".", ""]
     if fvc:

@@ -81,6 +81,8 @@ def _outsider_cli(tmp: Path, port: int, ca: Path):
 
 
 def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_path: Path) -> None:
+    """TLS, node authentication and secure aggregation (one hospital requires it); nobody on the hospitals' port
+    steers the SuperLink; three 1 GB bodies change nothing."""
     from xincept.common.synthetic import write_image_folder
 
     keys = subprocess.run(_cli("xincept-server") + ["keys", "--out", str(tmp_path / "tls"), "--site", "hospital-0", "--site", "hospital-1",
@@ -91,7 +93,8 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
 
     intruder_key = make_node_keys(tmp_path / "intruder", ["intruder"])["intruder"]  # a valid key pair, never registered
     cfg = tmp_path / "fed.toml"
-    cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\n")  # each message starts a ClientApp process
+    # the head updates go through secure aggregation (the server sees their sum only); hospital-2 requires it
+    cfg.write_text("group-block = 2\nlocal-epochs = 1\nhead-members = 1\nsecure-aggregation = true\n")
     port, control_port = free_port(), free_port()
     out = tmp_path / "out"
     env = _env(tmp_path)
@@ -127,6 +130,7 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
                                           "--root-cert", str(tls["ca"]), "--auth-key", str(key), "--cache-dir", str(tmp_path / f"cache{i}"),
                                           "--state-dir", str(tmp_path / f"state{i}"),
                                           *([] if name == "intruder" else ["--tls-dir", str(tmp_path / "tls" / "sites" / name)]),
+                                          *(["--require-secure-aggregation"] if name == "hospital-2" else []),
                                           "--clientapp-port", str(runtime_ports[name])],
                 env=env, stdout=sink, stderr=subprocess.STDOUT))
         rss_before = _superlink_rss_mb(server.pid)
@@ -152,6 +156,8 @@ def test_three_hospitals_train_over_tls_and_an_unregistered_node_is_refused(tmp_
     refusal = intruder_log.read_text().lower()
     assert any(word in refusal for word in ("failed to activate supernode", "unauthenticated", "not registered", "refused")), refusal[-2000:]
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for r in metrics["rounds"]:  # every round's update was summed by secure aggregation among the three hospitals
+        assert r["secure_aggregation"]["survivors"] == ["hospital-0", "hospital-1", "hospital-2"] and r["update_norm"] == {}
     assert set(metrics["cross_site"]["hospital-0"]) == {"global", "local-only"}
     assert metrics["communication"]["bytes_per_site_per_round"] <= 1.2e6
     meta = json.loads((out / "model" / "model.json").read_text())

@@ -11,15 +11,17 @@ from xincept.common.secagg import MODULUS, SecAggConfig, SecAggError, ServerSecA
 
 
 def _round(vectors: dict[int, np.ndarray], cfg: SecAggConfig, drop_before_masking: set[int] = frozenset(),
-           drop_after_masking: set[int] = frozenset()):
+           drop_after_masking: set[int] = frozenset(), drop_before_sharing: set[int] = frozenset()):
     """One aggregation, in the order messages would travel; returns (server, masked vectors, sum, survivors)."""
     sites = {i: SiteSecAgg(i, cfg) for i in vectors}
     server = ServerSecAgg(cfg, list(vectors))
     publics = server.collect_keys({i: s.public_keys() for i, s in sites.items()})
-    inbox = server.route_shares({i: s.share_keys(publics) for i, s in sites.items()})
+    inbox = server.route_shares({i: s.share_keys(publics) for i, s in sites.items() if i not in drop_before_sharing})
     for i, s in sites.items():
-        s.receive_shares(inbox[i])
-    masked = {i: s.masked(vectors[i], np.random.default_rng(i)) for i, s in sites.items() if i not in drop_before_masking}
+        if i in inbox:
+            s.receive_shares(inbox[i])
+    masked = {i: s.masked(vectors[i], np.random.default_rng(i)) for i, s in sites.items()
+              if i not in drop_before_masking | set(drop_before_sharing)}
     survivors, dropped = server.collect_masked(masked)
     answering = survivors - set(drop_after_masking)  # these sent their input, then went silent
     # the server only learns who answers the unmasking; it still counts the late drop-outs' inputs (they arrived)
@@ -48,14 +50,18 @@ def test_the_server_sees_uniform_masked_vectors_and_recovers_only_the_sum() -> N
         assert abs(np.corrcoef(u, vectors[1])[0, 1]) < 0.05
 
 
-@pytest.mark.parametrize("before,after,counted", [(set(), {2}, {1, 2, 3, 4}), ({3}, set(), {1, 2, 4})])
-def test_drop_outs_after_the_masked_input_count_and_before_it_do_not(before: set, after: set, counted: set) -> None:
+@pytest.mark.parametrize("sharing,before,after,counted", [(set(), set(), {2}, {1, 2, 3, 4}), (set(), {3}, set(), {1, 2, 4}),
+                                                          ({4}, set(), set(), {1, 2, 3})])
+def test_drop_outs_after_the_masked_input_count_and_before_it_do_not(sharing: set, before: set, after: set,
+                                                                     counted: set) -> None:
     """A site silent after sending its masked input is still in the sum (its self mask comes from the others' shares);
-    one silent before it is left out (its pairwise masks are rebuilt from its shared key)."""
+    one silent before it is left out (its pairwise masks are rebuilt from its shared key); one silent before it sent
+    its shares is in no mask at all."""
     rng = np.random.default_rng(1)
     vectors = {i: rng.uniform(-1, 1, 300) for i in (1, 2, 3, 4)}
     cfg = SecAggConfig(threshold=3, clip=1.0, bits=16)
-    _, _, total, count = _round(vectors, cfg, drop_before_masking=before, drop_after_masking=after)
+    _, _, total, count = _round(vectors, cfg, drop_before_masking=before, drop_after_masking=after,
+                                drop_before_sharing=sharing)
     assert count == len(counted)
     assert np.allclose(total, sum(vectors[i] for i in counted), atol=len(counted) * 2 / ((1 << 16) - 1))
 
@@ -110,3 +116,32 @@ def test_shares_reconstruct_from_any_threshold_subset() -> None:
     shares = create_shares(secret, 3, 5)
     assert all(combine_shares(list(sub)) == secret for sub in combinations(shares, 3))
     assert combine_shares(shares[:2]) != secret  # below the threshold: another value
+
+
+def test_a_site_resumes_its_part_from_what_it_keeps_between_messages() -> None:
+    """Each step is a separate message: the site keeps its keys and shares between them (Flower's node context)."""
+    rng = np.random.default_rng(5)
+    vectors = {i: rng.uniform(-1, 1, 50) for i in (1, 2, 3)}
+    cfg = SecAggConfig(threshold=2, clip=1.0, bits=16)
+
+    def reload(s: SiteSecAgg) -> SiteSecAgg:
+        return SiteSecAgg.from_flat(s.to_flat(), cfg)
+
+    sites = {i: SiteSecAgg(i, cfg) for i in vectors}
+    server = ServerSecAgg(cfg, list(vectors))
+    publics = server.collect_keys({i: s.public_keys() for i, s in sites.items()})
+    sent = {}
+    for i in sites:
+        sites[i] = reload(sites[i])
+        sent[i] = sites[i].share_keys(publics)
+    inbox = server.route_shares(sent)
+    masked = {}
+    for i in sites:
+        sites[i] = reload(sites[i])
+        sites[i].receive_shares(inbox[i])
+        sites[i] = reload(sites[i])
+        masked[i] = sites[i].masked(vectors[i], np.random.default_rng(i))
+    survivors, dropped = server.collect_masked(masked)
+    shares = {j: reload(sites[j]).unmask_shares(survivors, dropped) for j in survivors}
+    total, count = server.unmask(shares)
+    assert count == 3 and np.allclose(total, sum(vectors.values()), atol=3 * 2 / ((1 << 16) - 1))

@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from xincept.client import secure_round
 from xincept.client.mods import make_audit_mod, make_policy_mod
 from xincept.client.policy import PolicyViolation
 from xincept.client.site_facts import SiteFacts, site_facts
@@ -18,7 +19,7 @@ from xincept.client.task import (LocalSite, join_info, joining_site, load_local_
 from xincept.common.errors import SettingError
 from xincept.common.fedconfig import FedSettings
 from xincept.common.versions import check_pushed_app
-from xincept.head_message import head_arrays, state_from
+from xincept.head_message import head_arrays, packed_vector, state_from
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,36 @@ def _xgb_tls_dir(cfg, context: Context, facts: SiteFacts) -> Path | None:
     return folder
 
 
+SECAGG_RECORD = "secagg"  # in the site's node context: its part of the current secure round
+
+
+def _secagg_part(context: Context, cfg, settings: FedSettings):
+    """This site's part of the secure round ``cfg`` names, from its node context (refused for another round)."""
+    from xincept.common.secagg import SiteSecAgg
+
+    kept = context.state.config_records.get(SECAGG_RECORD)
+    round_id = f"{cfg['server-round']}.{cfg.get('member', 0)}"
+    if kept is None or kept.get("round") != round_id:
+        raise PolicyViolation("secure-aggregation", f"no keys of secure round {round_id} at this site: the round must start "
+                              "with its key exchange")
+    nodes = secure_round.nodes_of(cfg["secagg-nodes"])
+    return SiteSecAgg.from_flat({k: v for k, v in kept.items() if k != "round"}, secure_round.config_for(settings, len(nodes)))
+
+
+def _keep_secagg(context: Context, cfg, site) -> None:
+    context.state[SECAGG_RECORD] = ConfigRecord({**site.to_flat(), "round": f"{cfg['server-round']}.{cfg.get('member', 0)}"})
+
+
+def _secagg_step(msg: Message, context: Context, step) -> Message:
+    """A step of a secure round that answers with shares: this site's part from its context, ``step(site, nodes,
+    cfg)``, the part kept again (which secrets it has revealed), the shares sent."""
+    cfg = msg.content["config"]
+    site = _secagg_part(context, cfg, FedSettings.from_flat(dict(cfg)))
+    shares = step(site, secure_round.nodes_of(cfg["secagg-nodes"]), cfg)
+    _keep_secagg(context, cfg, site)
+    return Message(RecordDict({"shares": ConfigRecord(shares)}), reply_to=msg)
+
+
 def make_client_app(partition_dir: Path | None = None, extra_mods: list | None = None) -> ClientApp:
     """A ClientApp; ``partition_dir`` holds simulated sites' manifests (site-N.csv) in simulation.
 
@@ -108,8 +139,39 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
         new_state, metrics = local_train(local, state, int(cfg["server-round"]), facts.ledger, member=int(cfg.get("member", 0)),
                                          lifetime_epsilon=facts.policy.lifetime_epsilon)
         # packed in the order the server sent: the reply mirrors the request (xincept.head_message)
-        content["arrays"], content["metrics"] = head_arrays(new_state, list(state)), MetricRecord(metrics)
+        trained = head_arrays(new_state, list(state))
+        if local.settings.secure_aggregation:  # only the masked weighted update leaves, never the head itself
+            site = _secagg_part(context, cfg, local.settings)
+            masked = secure_round.masked_update(site, secure_round.nodes_of(cfg["secagg-nodes"]), context.node_id,
+                                                dict(msg.content["inbox"]), packed_vector(msg.content["arrays"]),
+                                                packed_vector(trained), int(metrics["num-examples"]), int(cfg["secagg-total"]))
+            _keep_secagg(context, cfg, site)
+            content["masked"] = ArrayRecord({"update": Array(masked)})
+            content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "train-loss"})  # a per-site number
+            return Message(content, reply_to=msg)
+        content["arrays"], content["metrics"] = trained, MetricRecord(metrics)
         return Message(content, reply_to=msg)
+
+    @app.query("secagg_keys")
+    def secagg_keys(msg: Message, context: Context) -> Message:
+        """Secure round, step 1: this round's public keys (the private ones stay in the site's node context)."""
+        cfg = msg.content["config"]
+        site, keys = secure_round.start(FedSettings.from_flat(dict(cfg)), secure_round.nodes_of(cfg["secagg-nodes"]),
+                                        context.node_id)
+        _keep_secagg(context, cfg, site)
+        return Message(RecordDict({"keys": ConfigRecord(keys)}), reply_to=msg)
+
+    @app.query("secagg_shares")
+    def secagg_shares(msg: Message, context: Context) -> Message:
+        """Secure round, step 2: Shamir shares of this site's secrets, each encrypted for the site it is meant for."""
+        return _secagg_step(msg, context, lambda site, nodes, cfg: secure_round.share(site, nodes, dict(msg.content["publics"])))
+
+    @app.query("secagg_unmask")
+    def secagg_unmask(msg: Message, context: Context) -> Message:
+        """Secure round, step 4: shares that remove the survivors' self masks and the dropped sites' pair masks."""
+        return _secagg_step(msg, context, lambda site, nodes, cfg: secure_round.unmask(
+            site, nodes, secure_round.nodes_of(cfg.get("secagg-survivors", "")),
+            secure_round.nodes_of(cfg.get("secagg-dropped", ""))))
 
     @app.train("xgb")
     def train_xgb(msg: Message, context: Context) -> Message:

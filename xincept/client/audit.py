@@ -28,7 +28,12 @@ ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record nam
     "query.embed": {"sums": None, "metrics": {"embedded-now", "seconds", "num-examples"}},
     "train.head": {"arrays": None, "metrics": {"num-examples", "train-loss", "dp-epsilon", "dp-delta", "dp-noise_multiplier",
                                                "dp-max_grad_norm", "dp-steps"},
-                   "val": COUNT_KEYS},  # the received head's validation counts, as evaluate.head sends them
+                   "val": COUNT_KEYS,  # the received head's validation counts, as evaluate.head sends them
+                   "masked": {"update"}},  # secure aggregation: the weighted update, masked (uniform uint32)
+    # secure aggregation (xincept.common.secagg): public keys, shares encrypted for other sites, unmasking shares
+    "query.secagg_keys": {"keys": {"c", "s"}},
+    "query.secagg_shares": {"shares": None},
+    "query.secagg_unmask": {"shares": None},
     "train.xgb": {"metrics": {"num-examples"}, "booster": {"json"}},
     "train.xgb_bagging": {"metrics": {"num-examples"}, "booster": {"json"}},
     "evaluate.head": {"metrics": COUNT_KEYS},
@@ -91,7 +96,8 @@ def check_entry(entry: dict[str, Any], head_keys: set[str] | None = None) -> lis
 REQUIRED: dict[str, set[str]] = {  # records every reply of a type must hold
     "query.join": {"info", "metrics"}, "query.embed": {"sums", "metrics"}, "train.head": {"arrays", "metrics"},
     "train.xgb": {"metrics"}, "train.xgb_bagging": {"booster", "metrics"}, "evaluate.head": {"metrics"},
-    "train.local": {"metrics"},
+    "train.local": {"metrics"}, "query.secagg_keys": {"keys"}, "query.secagg_shares": {"shares"},
+    "query.secagg_unmask": {"shares"},
 }
 MAX_BINS = 100
 
@@ -127,7 +133,13 @@ def reply_problems(request: Message, reply: Message) -> list[str]:
         return problems or [f"{kind}: a message type outside the allow-list"]
     present = set(reply.content.keys())
     wants_val = kind == "train.head" and bool(request.content.config_records["config"].get("evaluate-split"))
-    missing = REQUIRED[kind] - present
+    secure = kind == "train.head" and bool(request.content.config_records["config"].get("secure-aggregation"))
+    required = (REQUIRED[kind] - {"arrays"}) | {"masked"} if secure else REQUIRED[kind]
+    missing = required - present
+    if secure and "arrays" in present:
+        problems.append(f"{kind}: an unmasked update under secure aggregation")
+    if not secure and "masked" in present:
+        problems.append(f"{kind}: a masked update the server did not ask for")
     if missing:
         problems.append(f"{kind}: record(s) {sorted(missing)} missing")
     if kind == "train.head" and ("val" in present) != wants_val:
@@ -144,8 +156,16 @@ def reply_problems(request: Message, reply: Message) -> list[str]:
                 problems.append(f"{kind}/{name}: {key} must be a single number, not a list of {len(value)}")
             elif want is not None and (not isinstance(value, list) or len(value) != want):
                 problems.append(f"{kind}/{name}: {key} must be a list of {want} numbers")
+    if "masked" in present:
+        arr = reply.content.array_records["masked"].get("update")
+        if arr is None or arr.dtype != "uint32" or len(arr.shape) != 1:
+            problems.append(f"{kind}/masked: update must be one uint32 vector")
     for name, rec in reply.content.config_records.items():
         for key, value in rec.items():
+            if name in ("keys", "shares") and not (isinstance(value, bytes) and len(value) <= 4096):
+                problems.append(f"{kind}/{name}: {key} must be a key, share or ciphertext (bytes, at most 4 KiB)")
+            if name == "shares" and not re.fullmatch(r"\d+", key):
+                problems.append(f"{kind}/shares: keys must be node ids")
             if name == "booster" and not isinstance(value, bytes):
                 problems.append(f"{kind}/booster: json must be bytes (a serialised XGBoost model)")
             if name == "info" and not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):

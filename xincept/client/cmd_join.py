@@ -32,6 +32,7 @@ def join(
                                                 "asks. Its fields and defaults: deploy/README.md (Site policy).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="XINCEPT_STATE_DIR", help="This site's state: its fixed split, query counts, privacy ledger, audit log (default ~/.local/state/xincept/SITE; keep it for the site's lifetime).")] = None,
     require_dp: Annotated[bool | None, typer.Option("--require-dp/--no-require-dp", help="Refuse every run without DP-SGD (policy require-dp; default: no).")] = None,
+    require_secure_aggregation: Annotated[bool | None, typer.Option("--require-secure-aggregation/--no-require-secure-aggregation", help="Refuse every run whose head updates are not summed by secure aggregation (policy require-secure-aggregation; default: no).")] = None,
     max_epsilon: Annotated[float | None, typer.Option("--max-epsilon", help="Largest per-run DP epsilon accepted (policy max-epsilon; default 10).")] = None,
     lifetime_epsilon: Annotated[float | None, typer.Option("--lifetime-epsilon", help="Cap on epsilon over every DP training on this data set (policy lifetime-epsilon; default 10).")] = None,
     min_cell_count: Annotated[int | None, typer.Option("--min-cell-count", help="Suppression floor: smaller counts never leave; a server asking for less is refused (policy min-cell-count; default 5).")] = None,
@@ -62,8 +63,8 @@ def join(
     log = logging.getLogger("xincept.join")
     valid_site_name(site)
     rules = load_policy_file(policy) if policy else SitePolicy()
-    overrides = {"require_dp": require_dp, "max_epsilon": max_epsilon, "lifetime_epsilon": lifetime_epsilon,
-                 "min_cell_count": min_cell_count, "allow_fedsgd_without_dp": allow_fedsgd_without_dp,
+    overrides = {"require_dp": require_dp, "require_secure_aggregation": require_secure_aggregation,
+                 "max_epsilon": max_epsilon, "lifetime_epsilon": lifetime_epsilon, "min_cell_count": min_cell_count, "allow_fedsgd_without_dp": allow_fedsgd_without_dp,
                  "allow_outside_paths": allow_outside_paths or None}
     rules = replace(rules, **{k: v for k, v in overrides.items() if v is not None})
     from xincept.common.atomic import require_writable
@@ -91,8 +92,9 @@ def join(
     r = site_data.report
     log.info("site %s: %d images in %d classes, %d groups, %d skipped; only weights and aggregate counts leave this site",
              site, r.n_images, len(r.classes), r.n_groups, len(r.skipped))
-    log.info("site %s: policy %s (state %s); require-dp %s, min-cell-count %d, lifetime epsilon %g", site, policy_file,
-             state.dir, rules.require_dp, rules.min_cell_count, rules.lifetime_epsilon)
+    log.info("site %s: policy %s (state %s); require-dp %s, require-secure-aggregation %s, min-cell-count %d, lifetime "
+             "epsilon %g", site, policy_file, state.dir, rules.require_dp, rules.require_secure_aggregation,
+             rules.min_cell_count, rules.lifetime_epsilon)
     if tls_dir is not None:
         lacking = [n for n in ("ca.crt", "client.pem", "client.key") if not (tls_dir / n).is_file()]
         if lacking:

@@ -30,7 +30,10 @@ SETTINGS_KEYS = frozenset(FedSettings().client_flat()) | {"xincept-version", "co
 EXTRA_KEYS: dict[str, frozenset[str]] = {
     "query.join": frozenset(),
     "query.embed": frozenset(),
-    "train.head": frozenset({"server-round", "member", "evaluate-split"}),
+    "train.head": frozenset({"server-round", "member", "evaluate-split", "secagg-nodes", "secagg-total"}),
+    "query.secagg_keys": frozenset({"server-round", "member", "secagg-nodes"}),
+    "query.secagg_shares": frozenset({"server-round", "member", "secagg-nodes"}),
+    "query.secagg_unmask": frozenset({"server-round", "member", "secagg-nodes", "secagg-survivors", "secagg-dropped"}),
     "evaluate.head": frozenset({"split", "booster"}),
     "train.xgb": frozenset({"xgb-address", "xgb-rank", "xgb-world", "xgb-tls-dir"}),
     "train.xgb_bagging": frozenset({"booster"}),
@@ -51,6 +54,8 @@ def query_kinds(message_type: str, cfg: dict[str, Any]) -> list[str]:
         return ["train-head"] + (["val-release"] if cfg.get("evaluate-split") else [])
     if message_type == "evaluate.head":
         return ["val-release" if str(cfg.get("split", "val")) == "val" else "test-release"]
+    if message_type.startswith("query.secagg_"):
+        return []  # the steps of a secure round carry keys and shares, no data; the round's train.head counts
     return [{"query.join": "join", "query.embed": "embed", "train.xgb": "xgb", "train.xgb_bagging": "xgb-bagging",
              "train.local": "local"}[message_type]]
 
@@ -67,6 +72,9 @@ def _check_keys(message_type: str, cfg: dict[str, Any]) -> None:
 
 
 def _check_privacy(policy: SitePolicy, s: FedSettings, message_type: str) -> None:
+    if policy.require_secure_aggregation and not s.secure_aggregation:
+        raise PolicyViolation("require-secure-aggregation", "this site sends its head updates only through secure "
+                              "aggregation; the server asked for a run without it (start it with --secure-aggregation)")
     if policy.require_dp and s.dp_epsilon <= 0:
         raise PolicyViolation("require-dp", "this site requires DP-SGD for every run; the server asked for dp-epsilon 0")
     if s.dp_epsilon > policy.max_epsilon:

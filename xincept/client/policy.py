@@ -56,6 +56,7 @@ class SitePolicy:
     """What this site allows. Field names are the TOML keys with dashes (``require-dp``)."""
 
     require_dp: bool = False  # every training message must carry DP-SGD (dp-epsilon > 0)
+    require_secure_aggregation: bool = False  # every run must sum the head updates by secure aggregation
     max_epsilon: float = 10.0  # the largest per-run DP epsilon this site accepts
     delta: float = 1e-5  # the largest DP delta this site accepts
     lifetime_epsilon: float = 10.0  # all DP trainings on this site's data set together (the ledger), whatever the settings
@@ -162,6 +163,8 @@ def describe_fields() -> list[tuple[str, str, str]]:
     d = SitePolicy()
     return [
         ("require-dp", str(d.require_dp).lower(), "refuse every run without DP-SGD (dp-epsilon > 0)"),
+        ("require-secure-aggregation", str(d.require_secure_aggregation).lower(),
+         "refuse every run whose head updates are not summed by secure aggregation (no unmasked update leaves)"),
         ("max-epsilon", f"{d.max_epsilon:g}", "largest per-run DP epsilon accepted"),
         ("delta", f"{d.delta:g}", "largest DP delta accepted"),
         ("lifetime-epsilon", f"{d.lifetime_epsilon:g}", "cap on epsilon over all runs on this data set (privacy ledger)"),

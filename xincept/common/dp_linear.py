@@ -18,6 +18,7 @@ unit norm. The server's update (momentum, weight decay) is post-processing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -175,15 +176,15 @@ class ServerDP:
         self.avg = np.zeros_like(self.w)
         self.n_avg = 0
 
-    def set_stats(self, stats: list[np.ndarray]) -> np.ndarray:
-        """The feature mean the sites centre by, from the summed noisy class sums and counts."""
-        total = np.sum(stats, axis=0)
+    def set_stats(self, total: np.ndarray) -> np.ndarray:
+        """The feature mean the sites centre by, from the sum of their noisy class sums and counts."""
         self.n_hat = max(1.0, float(total[:, -1].sum()))
         self.mean = total[:, :-1].sum(0) / self.n_hat
         return self.mean
 
-    def step(self, grads: list[np.ndarray]) -> None:
-        g = np.sum(grads, axis=0) / self.n_hat + self.cfg.weight_decay * self.w
+    def step(self, total: np.ndarray) -> None:
+        """One step on the sum of the sites' noisy gradient sums."""
+        g = total / self.n_hat + self.cfg.weight_decay * self.w
         self.t += 1
         if self.cfg.optimizer == "adam":
             b2 = 0.999
@@ -204,15 +205,21 @@ class ServerDP:
         return self.avg if self.n_avg else self.w
 
 
-def train_linear_dp(sites: list[SiteDP], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The whole protocol in one process (simulation and benchmarks): (weights, mean)."""
+def plain_sum(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sum(parts, axis=0)
+
+
+def train_linear_dp(sites: list[SiteDP], n_classes: int,
+                    aggregate: Callable[[list[np.ndarray]], np.ndarray] = plain_sum) -> tuple[np.ndarray, np.ndarray]:
+    """The whole protocol in one process (simulation and benchmarks): (weights, mean). ``aggregate`` sums the sites'
+    releases: in the clear, or by secure aggregation (the server then sees the sum only)."""
     cfg = sites[0].cfg
     server = ServerDP(sites[0].x.shape[1], n_classes, cfg)
-    mean = server.set_stats([s.noisy_stats() for s in sites])
+    mean = server.set_stats(aggregate([s.noisy_stats() for s in sites]))
     for s in sites:
         s.centre(mean)
     for _ in range(cfg.steps):
-        server.step([s.noisy_gradient(server.w) for s in sites])
+        server.step(aggregate([s.noisy_gradient(server.w) for s in sites]))
     return server.model(), mean
 
 

@@ -90,6 +90,10 @@ class FedSettings:
     central_dp_clip: float = 1.0  # central DP: clipping norm of each site's update
     dp_trainings: int = 1  # trainings that share each site's budget (set by the server: 1 + leave-one-site-out runs)
     loso: bool = False  # leave-one-site-out models in the validate phase (simulate turns it on)
+    secure_aggregation: bool = False  # the head rounds' updates are summed by secure aggregation (xincept.common.secagg)
+    secagg_threshold: int = 0  # sites that must survive a round (and whose shares unmask it); 0: a majority, at least 2
+    secagg_clip: float = 1.0  # each coordinate of a site's weighted update is clipped to this before quantisation
+    secagg_bits: int = 24  # quantisation levels per coordinate: 2^bits (the sum of the sites must fit in 2^32)
     local_only: bool = True  # each site's local-only model, scored at that site only
 
     def __post_init__(self) -> None:
@@ -137,6 +141,24 @@ class FedSettings:
                                "name only backbones the run uses")
         if self.xgb_mode not in ("histogram", "bagging", "none"):
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
+
+    def _check_secure_aggregation(self) -> None:
+        """Secure aggregation gives the server the sum of the updates only: what needs each site's own update is out."""
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise SettingError(f"secure-aggregation with strategy {self.strategy}: the server sees only the sum of the "
+                               "updates, which FedAvg and FedProx need; choose --strategy fedavg or fedprox")
+        if self.max_update_norm > 0 or self.central_dp_noise > 0:
+            raise SettingError("secure-aggregation with max-update-norm or central-dp-noise: both need each site's update "
+                               "on its own, which secure aggregation hides; turn them off")
+        if not 8 <= self.secagg_bits <= 28 or self.secagg_clip <= 0:
+            raise SettingError(f"secagg-bits {self.secagg_bits} / secagg-clip {self.secagg_clip}: give 8 to 28 bits and a "
+                               "positive clip")
+
+    def secagg_threshold_for(self, n_sites: int) -> int:
+        """Sites that must take part to the end of a secure round: the setting, or a majority (at least 2)."""
+        return self.secagg_threshold or max(2, n_sites // 2 + 1)
 
     def disclosure_policy(self) -> "DisclosurePolicy":
         return DisclosurePolicy(self.disclosure, self.min_cell_count, self.disclosure_epsilon)

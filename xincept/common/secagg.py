@@ -153,6 +153,29 @@ class SiteSecAgg:
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # from site j: (share of b_j, share of s_j)
     answered: set[tuple[int, int]] = field(default_factory=set)  # (site, 0: its b | 1: its s key)
 
+    def to_flat(self) -> dict[str, bytes | int | str]:
+        """Everything this site keeps between the messages of one aggregation (its private keys stay at the site)."""
+        flat: dict[str, bytes | int | str] = {"index": self.index, "c": self.c_key, "s": self.s_key, "b": self.self_seed,
+                                              "answered": ",".join(f"{j}:{k}" for j, k in sorted(self.answered))}
+        for j, (c, sp) in self.publics.items():
+            flat[f"pub.{j}.c"], flat[f"pub.{j}.s"] = c, sp
+        for j, (b, sk) in self.held.items():
+            flat[f"held.{j}.b"], flat[f"held.{j}.s"] = b, sk
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: dict, cfg: SecAggConfig) -> "SiteSecAgg":
+        site = cls(int(flat["index"]), cfg, c_key=bytes(flat["c"]), s_key=bytes(flat["s"]), self_seed=bytes(flat["b"]))
+        for key, value in flat.items():
+            parts = key.split(".")
+            if parts[0] in ("pub", "held"):
+                table = site.publics if parts[0] == "pub" else site.held
+                pair = list(table.get(int(parts[1]), (b"", b"")))
+                pair[0 if parts[2] in ("c", "b") else 1] = bytes(value)
+                table[int(parts[1])] = (pair[0], pair[1])
+        site.answered = {(int(j), int(k)) for j, k in (a.split(":") for a in str(flat.get("answered", "")).split(",") if a)}
+        return site
+
     def public_keys(self) -> tuple[bytes, bytes]:
         x = _x25519()
         return (_public_bytes(x.X25519PrivateKey.from_private_bytes(self.c_key)),
@@ -190,7 +213,7 @@ class SiteSecAgg:
         y = quantise(np.asarray(x, dtype=np.float64).ravel(), self.cfg.clip, self.cfg.bits, rng)
         y = (y + prg(self.self_seed, y.size, b"self").astype(np.uint64)) % MODULUS
         for j, (_, s_pub) in self.publics.items():
-            if j == self.index:
+            if j == self.index or j not in self.held:  # a site whose shares never came is in no mask (nobody could undo it)
                 continue
             mask = prg(agree(self.s_key, s_pub), y.size, b"pair").astype(np.uint64)
             y = (y + mask) % MODULUS if self.index < j else (y + MODULUS - mask) % MODULUS
@@ -241,15 +264,17 @@ class ServerSecAgg:
         self.cfg, self.sites = cfg, sorted(sites)
         self.publics: dict[int, tuple[bytes, bytes]] = {}
         self.masked: dict[int, np.ndarray] = {}
+        self.sharers: set[int] = set()  # who sent their shares: the sites every mask is made with
 
     def collect_keys(self, keys: dict[int, tuple[bytes, bytes]]) -> dict[int, tuple[bytes, bytes]]:
-        self._enough(keys, "shared their keys")
+        self.require(keys, "shared their keys")
         self.publics = dict(keys)
         return self.publics
 
     def route_shares(self, sent: dict[int, dict[int, bytes]]) -> dict[int, dict[int, bytes]]:
         """Ciphertexts from each sender, regrouped by recipient."""
-        self._enough(sent, "sent their shares")
+        self.require(sent, "sent their shares")
+        self.sharers = set(sent)
         inbox: dict[int, dict[int, bytes]] = {j: {} for j in sent}
         for i, cts in sent.items():
             for j, ct in cts.items():
@@ -258,15 +283,15 @@ class ServerSecAgg:
         return inbox
 
     def collect_masked(self, masked: dict[int, np.ndarray]) -> tuple[set[int], set[int]]:
-        """(survivors, dropped): who sent a masked vector among those who shared keys."""
-        self._enough(masked, "sent their masked input")
+        """(survivors, dropped): who sent a masked vector, and who sent shares but no masked vector."""
+        self.require(masked, "sent their masked input")
         self.masked = dict(masked)
-        return set(masked), set(self.publics) - set(masked)
+        return set(masked), self.sharers - set(masked)
 
     def unmask(self, shares: dict[int, dict[int, bytes]]) -> tuple[np.ndarray, int]:
         """(sum of the survivors' vectors as floats, number of survivors) from the survivors' unmasking shares."""
-        self._enough(shares, "sent their unmasking shares")
-        survivors, dropped = set(self.masked), set(self.publics) - set(self.masked)
+        self.require(shares, "sent their unmasking shares")
+        survivors, dropped = set(self.masked), self.sharers - set(self.masked)
         size = next(iter(self.masked.values())).size
         total = np.zeros(size, dtype=np.uint64)
         for y in self.masked.values():
@@ -282,6 +307,24 @@ class ServerSecAgg:
                 total = (total + MODULUS - mask) % MODULUS if i < d else (total + mask) % MODULUS
         return dequantise_sum(total, len(survivors), self.cfg.clip, self.cfg.bits), len(survivors)
 
-    def _enough(self, got: dict, what: str) -> None:
+    def require(self, got: dict, what: str) -> None:
+        """Refuse to go on with fewer than ``threshold`` sites."""
         if len(got) < self.cfg.threshold:
             raise SecAggError(f"only {len(got)} site(s) {what}; secure aggregation needs {self.cfg.threshold}")
+
+
+def secure_sum(parts: list[np.ndarray], clip: float = 1024.0, bits: int = 24) -> np.ndarray:
+    """The sum of ``parts`` (one per site) through the whole protocol in one process: fresh keys, encrypted shares,
+    masked quantised vectors, unmasking; what the caller gets is what a server would, the sum only (benchmarks and
+    tests of protocols built on it)."""
+    n, shape = len(parts), parts[0].shape
+    cfg = SecAggConfig(threshold=max(2, n // 2 + 1), clip=clip, bits=bits)
+    sites = {i: SiteSecAgg(i, cfg) for i in range(1, n + 1)}
+    server = ServerSecAgg(cfg, list(sites))
+    publics = server.collect_keys({i: s.public_keys() for i, s in sites.items()})
+    inbox = server.route_shares({i: s.share_keys(publics) for i, s in sites.items()})
+    for i, s in sites.items():
+        s.receive_shares(inbox[i])
+    survivors, dropped = server.collect_masked({i: s.masked(np.ravel(parts[i - 1])) for i, s in sites.items()})
+    total, _ = server.unmask({j: sites[j].unmask_shares(survivors, dropped) for j in survivors})
+    return total.reshape(shape)

@@ -28,6 +28,7 @@ DisclosureOpt = Annotated[str | None, setting_option("disclosure", "--disclosure
 MinCellOpt = Annotated[int | None, setting_option("min_cell_count", "--min-cell-count", help="Smallest count a site releases (suppress policy).")]
 DpEpsilonOpt = Annotated[float | None, setting_option("dp_epsilon", "--dp-epsilon", help="DP-SGD at every site (Opacus): target epsilon per site for the whole run; 0 = off.")]
 DpDeltaOpt = Annotated[float | None, setting_option("dp_delta", "--dp-delta", help="DP delta per site.")]
+SecureAggOpt = Annotated[bool | None, setting_option("secure_aggregation", "--secure-aggregation/--no-secure-aggregation", help="Sum the head updates by secure aggregation: the server learns only their sum (four messages per round; FedAvg or FedProx).")]
 FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels (thesis: 224).")]
 FedBackbonesOpt = Annotated[str | None, setting_option("backbones", "--backbones", help="Comma-separated timm backbone names (the thesis pair by default).")]
 FedGroupBlockOpt = Annotated[int | None, setting_option("group_block", "--group-block", help="Consecutive file numbers per patient group (used when no manifest group column).")]
@@ -64,6 +65,7 @@ def simulate(
     min_cell_count: MinCellOpt = None,
     dp_epsilon: DpEpsilonOpt = None,
     dp_delta: DpDeltaOpt = None,
+    secure_aggregation: SecureAggOpt = None,
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
     config: ConfigOpt = None,
@@ -81,7 +83,8 @@ def simulate(
         raise SettingError(f"--sites {sites}: give 1 or more simulated sites")
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
                                 group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
-                                disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta),
+                                disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                                secure_aggregation=secure_aggregation),
                            always=("loso",))  # leave-one-site-out is always on in simulation unless --no-loso
     values.update(out_dir=str(out), min_sites=sites)
     if no_pretrained:

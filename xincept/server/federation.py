@@ -70,7 +70,7 @@ def train_global_model(fed: Federation, site_sums: dict[int, dict[int, dict[str,
     """Head rounds and the xgb phase among the federation's sites; input standardisation from their summed statistics."""
     branches = sorted(next(iter(site_sums.values())))
     stats = [sums_to_mean_std(add_sums([site_sums[n][b] for n in fed.nodes])) for b in branches]
-    result = train_heads(fed, stats, ckpt_dir, label, stop_after_round)
+    result = train_heads(fed, stats, ckpt_dir, label, stop_after_round, n_train)
     booster_raw, xgb_info = None, {"mode": "none"}
     if fed.settings.xgb_mode != "none":
         booster_raw, xgb_info = run_xgb_phase(fed, result.state, {name: n_train[name] for name in fed.nodes.values()})
@@ -85,7 +85,7 @@ def member_dir(ckpt_dir: Path, member: int, members: int) -> Path:
 
 
 def train_heads(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]], ckpt_dir: Path, label: str,
-                stop_after_round: int = 0) -> HeadResult:
+                stop_after_round: int = 0, n_train: dict[str, int] | None = None) -> HeadResult:
     """``head-members`` heads, one after another, each with its own rounds and checkpoint; one model of them all.
 
     Each head keeps its best-validation round; the result's state is that head, or the ensemble of them all
@@ -96,7 +96,7 @@ def train_heads(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]], ckp
     for m in range(k):
         name = label if k == 1 else f"{label} head {m + 1}/{k}"
         stop = max(stop_after_round - m * fed.settings.rounds, 0) if stop_after_round else 0  # counts rounds over all heads
-        results.append(run_head_rounds(fed, stats, member_dir(ckpt_dir, m, k), name, stop, member=m))
+        results.append(run_head_rounds(fed, stats, member_dir(ckpt_dir, m, k), name, stop, member=m, n_train=n_train))
     if k == 1:
         return results[0]
     merged = HeadResult(ensemble_state([r.state for r in results]),

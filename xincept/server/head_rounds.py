@@ -19,6 +19,7 @@ from xincept.head_message import head_arrays, head_content, packed_vector
 from xincept.server.context import Federation
 from xincept.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xincept.server.robust import screen_updates
+from xincept.server.secure_rounds import secure_round
 from xincept.server.strategies import make_strategy, restore_strategy_state, set_current, set_round, strategy_state
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def round_releases(replies: dict, nodes: dict[int, str]) -> dict[str, dict[str, 
 
 
 def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]], ckpt_dir: Path,
-                    label: str = "global", stop_after_round: int = 0, member: int = 0) -> HeadResult:
+                    label: str = "global", stop_after_round: int = 0, member: int = 0,
+                    n_train: dict[str, int] | None = None) -> HeadResult:
     """R rounds of E local epochs at the federation's sites; resumes from ``ckpt_dir`` when ``settings.resume``.
 
     ``member`` numbers the head when several are trained (``head-members``): it sets the initialisation and,
@@ -124,24 +126,34 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
         # message per round instead of two; the last round's head is scored after the loop
         pending_val = bool(result.rounds) and "val" not in result.rounds[-1]
         extra = {"server-round": r, "member": member, **({"evaluate-split": "val"} if pending_val else {})}
-        replies = fed.ask("train.head", head_content(state, arrays, config=fed.config(**extra)))
+        secure = None
+        if settings.secure_aggregation:  # the server learns the sum of the updates only (xincept.server.secure_rounds)
+            secure = secure_round(fed, head_content(state, arrays), extra, n_train or {})
+            replies = secure.replies
+        else:
+            replies = fed.ask("train.head", head_content(state, arrays, config=fed.config(**extra)))
         if pending_val:
             record_val({nodes[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
             for m in replies.values():  # Flower's strategies aggregate replies of one MetricRecord
                 del m.content["val"]
-        accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
-                                                   settings.max_norm_ratio)
-        for site, why in rejected.items():
-            log.warning("%s round %d: rejected the update of site %s: %s", label, r, site, why)
-            result.rejected.setdefault(site, []).append(f"round {r}: {why}")
-        if not accepted:
-            raise XinceptError(f"{label} round {r}: every update was rejected ({rejected})")
-        ordered = [accepted[n] for n in sorted(accepted, key=lambda n: nodes[n])]  # fixed order: sums are reproducible
-        agg, _ = strategy.aggregate_train(r, ordered)
-        if agg is None:
-            raise XinceptError(f"{label} round {r}: no update could be aggregated")
+        if secure is not None:
+            rejected, norms = {}, {}  # no site's own update is seen, so none can be screened
+            new_vector = packed_vector(arrays).astype(np.float64) + secure.step
+        else:
+            accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
+                                                       settings.max_norm_ratio)
+            for site, why in rejected.items():
+                log.warning("%s round %d: rejected the update of site %s: %s", label, r, site, why)
+                result.rejected.setdefault(site, []).append(f"round {r}: {why}")
+            if not accepted:
+                raise XinceptError(f"{label} round {r}: every update was rejected ({rejected})")
+            ordered = [accepted[n] for n in sorted(accepted, key=lambda n: nodes[n])]  # fixed order: sums are reproducible
+            agg, _ = strategy.aggregate_train(r, ordered)
+            if agg is None:
+                raise XinceptError(f"{label} round {r}: no update could be aggregated")
+            new_vector = packed_vector(agg)
         # back to each tensor's own dtype: Flower's FedAdam does its arithmetic in float64 and would double the bytes
-        state = {k: v.to(dtypes[k]) for k, v in unpack(packed_vector(agg).astype(np.float32), layout).items()}
+        state = {k: v.to(dtypes[k]) for k, v in unpack(new_vector.astype(np.float32), layout).items()}
         state.update({k: v.clone() for k, v in fixed_norms.items()})
         result.rounds.append({
             "round": r,
@@ -149,11 +161,14 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
             "seconds": round(time.perf_counter() - tr, 3),
             "ended_at": round(time.time(), 3),  # wall clock (Unix time): lines a round up with other logs
             "sites": sorted(nodes[n] for n in replies),  # who contributed (a site lost under a quorum is not here)
-            "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()},
+            "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()
+                           if "train-loss" in m.content["metrics"]},
             "update_norm": norms,
             "rejected": sorted(rejected),
             "privacy": {nodes[n]: {k.removeprefix("dp-"): float(v) for k, v in m.content["metrics"].items() if k.startswith("dp-")}
                         for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
+            **({"secure_aggregation": {"survivors": secure.survivors, "dropped": secure.dropped,
+                                       "bytes_up": secure.bytes_up, "seconds": round(secure.seconds, 3)}} if secure else {}),
         })
         if r == settings.rounds:
             val = fed.ask("evaluate.head", head_content(state, config=fed.config(split="val")))

@@ -51,7 +51,7 @@ for eps in 8 3 1; do fed "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-
 [[ -z "$weights" ]] && run centralized python bench/centralized.py --data "$data" --cache-dir "$cache"
 run ablation python bench/ablation.py --data "$data" --cache-dir "$cache"   # the fused head, one change at a time
 run walltime python bench/fed_vs_central.py --data "$data" --cache-dir "$cache"   # back to back, one run
-run deployed python bench/deployed.py --data "$data" --cache-dir "$cache" --per-site 150 --rounds 20 --rtt-ms 0,50   # stock processes at 0 and 50 ms RTT vs simulation
+run deployed python bench/deployed.py --data "$data" --cache-dir "$cache" --per-site 150 --rounds 20 --rtt-ms 0,50 --secure-aggregation   # stock processes at 0 and 50 ms RTT, plain and with secure aggregation, vs simulation
 run scale python bench/scale.py --data "$data" --cache-dir "$cache"
 run scale_32 python bench/scale.py --data "$data" --cache-dir "$cache" --sites 32 --group-block 5
 echo "done: $res" >&2

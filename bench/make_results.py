@@ -368,8 +368,8 @@ def deployment_section(deps: list[dict], fvc: dict | None) -> list[str]:
                           "state gave 0.86 s per head round at 0 ms and 1.14 s at 50 ms (2026-12-06, before the change)."]
             sec = dep.get("secure_aggregation")
             if sec:
-                lines += ["", "**Secure aggregation** (the same deployed runs with `secure-aggregation = true`; "
-                          + sec["what"] + "):", "",
+                lines += ["", "**Secure aggregation**: " + sec["what"] + ". Requests per site per round: " + ", ".join(
+                          f"{r.get('requests_per_site_per_round', 'n/a')} at {rtt} ms" for rtt, r in sec["rtt_ms"].items()) + ".", "",
                           "| RTT | seconds per head round | plain FedAvg | ratio | bytes a site sends per round | plain update |",
                           "|---|---|---|---|---|---|"]
                 for rtt, r in sec["rtt_ms"].items():

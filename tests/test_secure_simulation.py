@@ -55,6 +55,8 @@ def test_the_securely_aggregated_model_is_fedavgs_within_quantisation(runs: dict
     rounds = runs[True]["metrics"]["rounds"]
     assert [r["secure_aggregation"]["survivors"] for r in rounds] == [["site-0", "site-1", "site-2"]] * 2
     assert all(r["secure_aggregation"]["dropped"] == [] and r["secure_aggregation"]["bytes_up"] for r in rounds)
+    assert runs[True]["metrics"]["secure_aggregation"]["threshold"] == 2  # a majority of 3
+    assert "Secure aggregation" in (runs[True]["out"] / "report.md").read_text()
 
 
 def test_no_site_update_leaves_a_site_unmasked(runs: dict) -> None:

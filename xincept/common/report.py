@@ -74,6 +74,11 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
                 "computed as if they were zero (accuracy uses the exact totals, which are always released).",
                 "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
                 "feature, embedding, per-image label or prediction, or file name.", ""]
+        sa = metrics.get("secure_aggregation")
+        if sa:
+            out[-1:-1] = [f"- Secure aggregation: every head round's updates were summed so that the server saw only their "
+                          f"sum (threshold {sa['threshold']} of the round's sites; {sa['rounds_with_dropouts']} round(s) "
+                          "completed without a site that dropped out). Each site sent masked updates, never its own."]
     if metrics.get("privacy"):
         out += ["## Differential privacy (DP-SGD at each site, unit: one image)", "",
                 "| site | epsilon spent | delta | noise multiplier | clipping norm |", "|---|---|---|---|---|"]

@@ -344,6 +344,10 @@ def metrics_of(fed: Federation, sites: list[Site], trained: Trained, v: Validati
                        "withheld_cells": int(glob.get("withheld_cells", 0))},
         "rejected_updates": result.rejected,
         **({"lost_sites": dict(fed.lost)} if fed.lost else {}),
+        **({"secure_aggregation": {"threshold": settings.secagg_threshold_for(len(sites)), "bits": settings.secagg_bits,
+                                   "clip": settings.secagg_clip,
+                                   "rounds_with_dropouts": sum(1 for r in result.rounds if r.get("secure_aggregation", {}).get("dropped"))}}
+           if settings.secure_aggregation else {}),
         **({"privacy": privacy, "privacy_scope": privacy_scope(settings)} if privacy else {}),
         **({"central_dp": {"noise_multiplier": settings.central_dp_noise, "clipping_norm": settings.central_dp_clip,
                            "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping (Gaussian noise on the clipped sum)",

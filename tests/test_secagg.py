@@ -145,3 +145,21 @@ def test_a_site_resumes_its_part_from_what_it_keeps_between_messages() -> None:
     shares = {j: reload(sites[j]).unmask_shares(survivors, dropped) for j in survivors}
     total, count = server.unmask(shares)
     assert count == 3 and np.allclose(total, sum(vectors.values()), atol=3 * 2 / ((1 << 16) - 1))
+
+
+def test_a_site_says_when_its_update_is_clipped_and_refuses_a_round_it_is_not_in(caplog: pytest.LogCaptureFixture) -> None:
+    from xincept.client import secure_round
+    from xincept.client.policy import PolicyViolation
+    from xincept.common.fedconfig import FedSettings
+
+    settings = FedSettings(secure_aggregation=True, secagg_clip=0.5, secagg_bits=16)
+    nodes = [11, 22, 33]
+    parts = {n: secure_round.start(settings, nodes, n) for n in nodes}
+    publics = {f"{n}.{k}": v for n, (_, keys) in parts.items() for k, v in keys.items()}
+    sent = {n: secure_round.share(site, nodes, publics) for n, (site, _) in parts.items()}
+    inbox = {f"{src}>{dst}": ct for src, cts in sent.items() for dst, ct in cts.items()}
+    with caplog.at_level("WARNING"):
+        secure_round.masked_update(parts[11][0], nodes, 11, inbox, np.zeros(4), np.array([0.1, 2.0, -3.0, 0.0]), 10, 10)
+    assert "2 coordinate(s)" in caplog.text and "secagg-clip" in caplog.text
+    with pytest.raises(PolicyViolation, match="not among"):
+        secure_round.start(settings, nodes, 44)

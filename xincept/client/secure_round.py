@@ -9,11 +9,15 @@ message. The update a site masks is its FedAvg share: (trained head - received h
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from xincept.client.policy import PolicyViolation
 from xincept.common.fedconfig import FedSettings
 from xincept.common.secagg import SecAggConfig, SiteSecAgg
+
+log = logging.getLogger(__name__)
 
 
 def nodes_of(text: str) -> list[int]:
@@ -60,6 +64,10 @@ def masked_update(site: SiteSecAgg, nodes: list[int], me: int, inbox: dict[str, 
     if total <= 0:
         raise PolicyViolation("secure-aggregation", f"secagg-total {total}: the sites' training images must be counted")
     update = (np.asarray(trained, dtype=np.float64) - np.asarray(sent, dtype=np.float64)) * (n_train / total)
+    over = int(np.count_nonzero(np.abs(update) > site.cfg.clip))
+    if over:  # the sum would then differ from FedAvg's: say so where the operator of the site can see it
+        log.warning("secure aggregation: %d coordinate(s) of this site's update exceed secagg-clip %g and are clipped; "
+                    "the coordinating team should raise secagg-clip", over, site.cfg.clip)
     return site.masked(update)
 
 

@@ -76,16 +76,20 @@ def _secagg_part(context: Context, cfg, settings: FedSettings):
     from xincept.common.secagg import SiteSecAgg
 
     kept = context.state.config_records.get(SECAGG_RECORD)
-    round_id = f"{cfg['server-round']}.{cfg.get('member', 0)}"
+    round_id = _secagg_round(cfg)
     if kept is None or kept.get("round") != round_id:
         raise PolicyViolation("secure-aggregation", f"no keys of secure round {round_id} at this site: the round must start "
                               "with its key exchange")
     nodes = secure_round.nodes_of(cfg["secagg-nodes"])
-    return SiteSecAgg.from_flat({k: v for k, v in kept.items() if k != "round"}, secure_round.config_for(settings, len(nodes)))
+    return SiteSecAgg.from_flat({k: v for k, v in kept.items() if k != "round"}, settings.secagg_config(len(nodes)))
+
+
+def _secagg_round(cfg) -> str:
+    return f"{cfg['server-round']}.{cfg.get('member', 0)}"
 
 
 def _keep_secagg(context: Context, cfg, site) -> None:
-    context.state[SECAGG_RECORD] = ConfigRecord({**site.to_flat(), "round": f"{cfg['server-round']}.{cfg.get('member', 0)}"})
+    context.state[SECAGG_RECORD] = ConfigRecord({**site.to_flat(), "round": _secagg_round(cfg)})
 
 
 def _secagg_step(msg: Message, context: Context, step) -> Message:

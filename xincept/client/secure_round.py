@@ -15,19 +15,13 @@ import numpy as np
 
 from xincept.client.policy import PolicyViolation
 from xincept.common.fedconfig import FedSettings
-from xincept.common.secagg import SecAggConfig, SiteSecAgg
+from xincept.common.secagg import SiteSecAgg
 
 log = logging.getLogger(__name__)
 
 
 def nodes_of(text: str) -> list[int]:
     return [int(n) for n in str(text).split(",") if n]
-
-
-def config_for(settings: FedSettings, n_sites: int) -> SecAggConfig:
-    cfg = SecAggConfig(threshold=settings.secagg_threshold_for(n_sites), clip=settings.secagg_clip, bits=settings.secagg_bits)
-    cfg.check(n_sites)
-    return cfg
 
 
 def index_of(nodes: list[int], me: int) -> int:
@@ -38,7 +32,7 @@ def index_of(nodes: list[int], me: int) -> int:
 
 def start(settings: FedSettings, nodes: list[int], me: int) -> tuple[SiteSecAgg, dict[str, bytes]]:
     """Step 1: fresh keys and seed for this round; returns the site's part and its public keys."""
-    site = SiteSecAgg(index_of(nodes, me), config_for(settings, len(nodes)))
+    site = SiteSecAgg(index_of(nodes, me), settings.secagg_config(len(nodes)))
     c, s = site.public_keys()
     return site, {"c": c, "s": s}
 

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from xincept.common.head import signed_log
-from xincept.common.privacy_accounting import Release, calibrate_sigma, statement
+from xincept.common.privacy_accounting import Release, calibrate_sigma
+from xincept.common.train_head import softmax
 
 UNITS = ("image", "patient")
 
@@ -37,8 +38,6 @@ class LinearDPConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     stats_share: float = 0.25  # the share of the privacy loss (in RDP) spent on the one release of class sums
-    optimizer: str = "momentum"  # the server's update rule on the summed noisy gradient: "momentum" or "adam"
-    tail_average: float = 0.0  # > 0: the model is the mean of the last (this fraction of) iterates
     unit: str = "image"
 
     def describe(self) -> dict:
@@ -94,10 +93,7 @@ def clipped_class_sums(x: np.ndarray, y: np.ndarray, units: np.ndarray, n_classe
 def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, units: np.ndarray, clip: float) -> np.ndarray:
     """Sum over units of the softmax cross-entropy gradient w.r.t. ``w`` (D x K), each unit's gradient (the sum over
     its images) clipped to L2 norm ``clip``."""
-    logits = x @ w
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(x @ w)
     p[np.arange(len(y)), y] -= 1.0  # dL/dlogits
     if _per_unit(units):
         # per image: ||x_i (p_i - y_i)^T||_F = ||x_i|| ||p_i - y_i||
@@ -168,41 +164,18 @@ class ServerDP:
     def __init__(self, dim: int, n_classes: int, cfg: LinearDPConfig) -> None:
         self.w = np.zeros((dim + 1, n_classes))
         self.v = np.zeros_like(self.w)
-        self.m2 = np.zeros_like(self.w)
         self.cfg = cfg
-        self.mean = np.zeros(dim)
         self.n_hat = 1.0
-        self.t = 0
-        self.avg = np.zeros_like(self.w)
-        self.n_avg = 0
 
     def set_stats(self, total: np.ndarray) -> np.ndarray:
         """The feature mean the sites centre by, from the sum of their noisy class sums and counts."""
         self.n_hat = max(1.0, float(total[:, -1].sum()))
-        self.mean = total[:, :-1].sum(0) / self.n_hat
-        return self.mean
+        return total[:, :-1].sum(0) / self.n_hat
 
     def step(self, total: np.ndarray) -> None:
-        """One step on the sum of the sites' noisy gradient sums."""
-        g = total / self.n_hat + self.cfg.weight_decay * self.w
-        self.t += 1
-        if self.cfg.optimizer == "adam":
-            b2 = 0.999
-            self.v = self.cfg.momentum * self.v + (1 - self.cfg.momentum) * g
-            self.m2 = b2 * self.m2 + (1 - b2) * g * g
-            vhat = self.v / (1 - self.cfg.momentum**self.t)
-            mhat = self.m2 / (1 - b2**self.t)
-            self.w = self.w - self.cfg.lr * vhat / (np.sqrt(mhat) + 1e-8)
-        else:
-            self.v = self.cfg.momentum * self.v + g
-            self.w = self.w - self.cfg.lr * self.v
-        if self.cfg.tail_average > 0 and self.t > self.cfg.steps * (1 - self.cfg.tail_average):
-            self.n_avg += 1
-            self.avg += (self.w - self.avg) / self.n_avg
-
-    def model(self) -> np.ndarray:
-        """The released weights: the tail average of the iterates (the last iterate when nothing was averaged)."""
-        return self.avg if self.n_avg else self.w
+        """One momentum step on the sum of the sites' noisy gradient sums (normalised by the released count)."""
+        self.v = self.cfg.momentum * self.v + total / self.n_hat + self.cfg.weight_decay * self.w
+        self.w = self.w - self.cfg.lr * self.v
 
 
 def plain_sum(parts: list[np.ndarray]) -> np.ndarray:
@@ -220,16 +193,13 @@ def train_linear_dp(sites: list[SiteDP], n_classes: int,
         s.centre(mean)
     for _ in range(cfg.steps):
         server.step(aggregate([s.noisy_gradient(server.w) for s in sites]))
-    return server.model(), mean
+    return server.w, mean
 
 
 def predict_proba(w: np.ndarray, mean: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Class probabilities of scaled features ``x`` (:func:`scale_features`)."""
-    logits = centred(x, mean) @ w
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+    return softmax(centred(x, mean) @ w)
 
 
 __all__ = ["LinearDPConfig", "SiteDP", "ServerDP", "UNITS", "clipped_class_sums", "clipped_gradient_sum", "plan_sigma",
-           "predict_proba", "releases", "scale_features", "statement", "train_linear_dp", "unit_index"]
+           "predict_proba", "releases", "scale_features", "train_linear_dp", "unit_index"]

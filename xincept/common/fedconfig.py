@@ -158,7 +158,17 @@ class FedSettings:
 
     def secagg_threshold_for(self, n_sites: int) -> int:
         """Sites that must take part to the end of a secure round: the setting, or a majority (at least 2)."""
-        return self.secagg_threshold or max(2, n_sites // 2 + 1)
+        from xincept.common.secagg import majority
+
+        return self.secagg_threshold or majority(n_sites)
+
+    def secagg_config(self, n_sites: int):  # -> xincept.common.secagg.SecAggConfig
+        """The secure round's parameters among ``n_sites`` sites, checked (the server's and every site's)."""
+        from xincept.common.secagg import SecAggConfig
+
+        cfg = SecAggConfig(threshold=self.secagg_threshold_for(n_sites), clip=self.secagg_clip, bits=self.secagg_bits)
+        cfg.check(n_sites)
+        return cfg
 
     def disclosure_policy(self) -> "DisclosurePolicy":
         return DisclosurePolicy(self.disclosure, self.min_cell_count, self.disclosure_epsilon)

@@ -37,6 +37,11 @@ MODULUS_BITS = 32
 MODULUS = 1 << MODULUS_BITS
 
 
+def majority(n_sites: int) -> int:
+    """The default threshold: a majority of the sites, at least 2."""
+    return max(2, n_sites // 2 + 1)
+
+
 class SecAggError(Exception):
     """The aggregation cannot complete (too few sites, a refused request)."""
 
@@ -318,7 +323,7 @@ def secure_sum(parts: list[np.ndarray], clip: float = 1024.0, bits: int = 24) ->
     masked quantised vectors, unmasking; what the caller gets is what a server would, the sum only (benchmarks and
     tests of protocols built on it)."""
     n, shape = len(parts), parts[0].shape
-    cfg = SecAggConfig(threshold=max(2, n // 2 + 1), clip=clip, bits=bits)
+    cfg = SecAggConfig(threshold=majority(n), clip=clip, bits=bits)
     sites = {i: SiteSecAgg(i, cfg) for i in range(1, n + 1)}
     server = ServerSecAgg(cfg, list(sites))
     publics = server.collect_keys({i: s.public_keys() for i, s in sites.items()})

@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from xincept.common.errors import XinceptError
-from xincept.common.secagg import SecAggConfig, SecAggError, ServerSecAgg
+from xincept.common.secagg import SecAggError, ServerSecAgg
 from xincept.server.context import Federation
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,10 @@ def secure_round(fed: Federation, head_request: RecordDict, extra: dict[str, Any
     """Run one secure round among ``fed``'s sites. ``head_request`` is the train.head content without its config;
     ``extra`` the round's config keys (server-round, member, evaluate-split)."""
     t0 = time.perf_counter()
-    s = fed.settings
     order = sorted(fed.nodes)
     everyone = dict(fed.nodes)  # names of the round's sites, also of those lost during it
     index = {n: i for i, n in enumerate(order, start=1)}
-    cfg = SecAggConfig(threshold=s.secagg_threshold_for(len(order)), clip=s.secagg_clip, bits=s.secagg_bits)
-    server = ServerSecAgg(cfg, list(index.values()))
+    server = ServerSecAgg(fed.settings.secagg_config(len(order)), list(index.values()))
     base = {"server-round": extra["server-round"], "member": extra.get("member", 0), "secagg-nodes": ",".join(map(str, order))}
     sent: dict[str, int] = {}
 

@@ -196,18 +196,25 @@ def key_site(key: Path) -> str:
     return key.name.removesuffix(".pub").removesuffix(".key")
 
 
-def registered_node_id(stdout: str) -> int | None:
-    """The node id in ``flwr supernode register --format json``'s output (a JSON object, perhaps over several lines)."""
+def cli_result(stdout: str, key: str) -> dict | None:
+    """The successful JSON object holding ``key`` in the output of Flower's CLI with ``--format json`` (perhaps over
+    several lines, perhaps after other text)."""
     decoder, start = json.JSONDecoder(), stdout.find("{")
     while start != -1:
         try:
             doc, _ = decoder.raw_decode(stdout[start:])
-            if isinstance(doc, dict) and doc.get("success") and "node-id" in doc:
-                return int(doc["node-id"])
+            if isinstance(doc, dict) and doc.get("success") and key in doc:
+                return doc
         except ValueError:
             pass
         start = stdout.find("{", start + 1)
     return None
+
+
+def registered_node_id(stdout: str) -> int | None:
+    """The node id in ``flwr supernode register --format json``'s output."""
+    doc = cli_result(stdout, "node-id")
+    return None if doc is None else int(doc["node-id"])
 
 
 def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -219,14 +226,10 @@ def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complet
 def active_node_ids(env: dict[str, str], cwd: Path) -> set[int]:
     """The nodes the SuperLink's state holds as registered (online or not), by Flower's `flwr supernode list`."""
     res = _flwr(["supernode", "list"], env, cwd)
-    start = res.stdout.find("{")
-    try:
-        doc = json.loads(res.stdout[start:]) if start != -1 else {}
-    except ValueError:
-        doc = {}
-    if res.returncode != 0 or not doc.get("success"):
+    doc = cli_result(res.stdout, "nodes")
+    if res.returncode != 0 or doc is None:
         raise ServerError(f"listing the SuperLink's nodes failed: {(res.stdout + res.stderr).strip()[-500:]}")
-    return {int(n["node-id"]) for n in doc.get("nodes", []) if n.get("status") not in ("unregistered", "deleted")}
+    return {int(n["node-id"]) for n in doc["nodes"] if n.get("status") not in ("unregistered", "deleted")}
 
 
 def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, known: dict[int, str] | None = None) -> dict[int, str]:

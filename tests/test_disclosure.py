@@ -154,3 +154,13 @@ def test_roc_and_reliability_use_released_bins_only() -> None:
     shown = [not w and c for w, c in zip(rel["withheld"], rel["count"])]
     assert m["ece_over_images"] == sum(c for c, s in zip(rel["count"], shown) if s) <= m["n"]
     assert all(a is None for a, w in zip(rel["accuracy"], rel["withheld"]) if w)
+
+
+def test_laplace_totals_carry_no_bias_from_empty_cells() -> None:
+    """Clipping noisy empty cells at zero would add about 1/epsilon errors per cell; the released totals do not."""
+    cm = np.diag([30, 30, 30, 30])  # 12 empty cells
+    rng = np.random.default_rng(3)
+    outs = [release_confusion(cm, DisclosurePolicy("laplace", epsilon=1.0), rng) for _ in range(400)]
+    assert np.mean([o["n"] for o in outs]) == pytest.approx(120, abs=1.0)
+    assert np.mean([o["correct"] / o["n"] for o in outs]) == pytest.approx(1.0, abs=0.03)
+    assert np.mean([sum(o["confusion"]) for o in outs]) > 125  # the clipped cells alone would overstate the images

@@ -126,11 +126,49 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
     @app.query("embed")
     def embed(msg: Message, context: Context) -> Message:
         local, _ = _local(msg, context, partition_dir)
+        if local.settings.dp_mode == "whole-model":  # embedded here, nothing about the images leaves: no sums, no counts
+            return Message(RecordDict({"sums": ArrayRecord(), "metrics": MetricRecord(
+                {"embedded-now": -1, "seconds": float(local.site.embed_seconds), "num-examples": -1})}), reply_to=msg)
         sums = train_feature_sums(local)
         arrays = ArrayRecord({f"{i}.{k}": Array(np.ascontiguousarray(v)) for i, s in enumerate(sums) for k, v in s.items()})
         metrics = MetricRecord({"embedded-now": int(local.site.embeddings.computed), "seconds": float(local.site.embed_seconds),
                                 "num-examples": int(len(local.split["train"]))})
         return Message(RecordDict({"sums": arrays, "metrics": metrics}), reply_to=msg)
+
+    def _dp_reply(msg: Message, context: Context, name: str, key: str, release) -> Message:
+        """Whole-model DP: ``release(local, facts, share)`` gives this site's noisy sum and spent budget; it leaves in the
+        clear (record ``name``), or masked for secure aggregation with this site's share of the noise."""
+        from xincept.client import whole_model_dp
+
+        local, facts = _local(msg, context, partition_dir)
+        cfg = msg.content["config"]
+        if not local.settings.secure_aggregation:
+            value, spent = release(local, facts, 1.0)
+            return Message(RecordDict({name: ArrayRecord({key: Array(value)}), "metrics": MetricRecord(spent)}), reply_to=msg)
+        nodes = secure_round.nodes_of(cfg["secagg-nodes"])
+        site = _secagg_part(context, cfg, local.settings)
+        value, spent = release(local, facts, whole_model_dp.noise_share(local.settings, len(nodes)))
+        masked = secure_round.masked_vector(site, nodes, context.node_id, dict(msg.content["inbox"]), value)
+        _keep_secagg(context, cfg, site)
+        return Message(RecordDict({"masked": ArrayRecord({"update": Array(masked)}), "metrics": MetricRecord(spent)}),
+                       reply_to=msg)
+
+    @app.query("dp_stats")
+    def dp_stats(msg: Message, context: Context) -> Message:
+        """Whole-model DP, once: noisy per-class sums and counts of the scaled training features."""
+        from xincept.client import whole_model_dp
+
+        return _dp_reply(msg, context, "stats", "sums", lambda local, facts, share: whole_model_dp.class_sums(
+            local, facts.ledger, facts.policy.lifetime_epsilon, share))
+
+    @app.train("dp_step")
+    def dp_step(msg: Message, context: Context) -> Message:
+        """Whole-model DP, every step: the noisy clipped gradient sum of the linear head at the server's weights."""
+        from xincept.client import whole_model_dp
+
+        arrays = msg.content["arrays"]
+        return _dp_reply(msg, context, "gradient", "sum", lambda local, facts, share: whole_model_dp.gradient(
+            local, arrays["w"].numpy(), arrays["mean"].numpy(), facts.ledger, facts.policy.lifetime_epsilon, share))
 
     @app.train("head")
     def train(msg: Message, context: Context) -> Message:
@@ -207,6 +245,12 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
         state = state_from(msg.content)
         cfg = msg.content["config"]
         split = str(cfg.get("split", "val"))
+        if local.settings.dp_mode == "whole-model":  # two noisy counts, in the site's ledger
+            from xincept.client import whole_model_dp
+
+            facts = site_facts(context, partition_dir)
+            counts = whole_model_dp.test_counts(local, state, split, facts.ledger, facts.policy.lifetime_epsilon)
+            return Message(RecordDict({"metrics": MetricRecord(counts)}), reply_to=msg)
         booster = bytes(cfg["booster"]) if "booster" in cfg and cfg["booster"] else None
         return Message(RecordDict({"metrics": MetricRecord(local_evaluate(local, state, split, booster))}), reply_to=msg)
 

@@ -36,7 +36,11 @@ ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record nam
     "query.secagg_unmask": {"shares": None},
     "train.xgb": {"metrics": {"num-examples"}, "booster": {"json"}},
     "train.xgb_bagging": {"metrics": {"num-examples"}, "booster": {"json"}},
-    "evaluate.head": {"metrics": COUNT_KEYS},
+    "evaluate.head": {"metrics": COUNT_KEYS | {"dp-epsilon", "dp-delta"}},
+    # whole-model DP (xincept.client.whole_model_dp): noisy class sums once, a noisy gradient sum per step
+    # (under secure aggregation the sum leaves masked instead: record masked, key update)
+    "query.dp_stats": {"stats": {"sums"}, "metrics": {"dp-epsilon", "dp-delta"}, "masked": {"update"}},
+    "train.dp_step": {"gradient": {"sum"}, "metrics": {"dp-epsilon", "dp-delta"}, "masked": {"update"}},
     "train.local": {"metrics": COUNT_KEYS},
 }
 INFO_KEYS = {"site", "version", "fingerprints", "classes", "backbones", "weights", "input-size", "embedding-path", "xgb-cert"}
@@ -97,8 +101,10 @@ REQUIRED: dict[str, set[str]] = {  # records every reply of a type must hold
     "query.join": {"info", "metrics"}, "query.embed": {"sums", "metrics"}, "train.head": {"arrays", "metrics"},
     "train.xgb": {"metrics"}, "train.xgb_bagging": {"booster", "metrics"}, "evaluate.head": {"metrics"},
     "train.local": {"metrics"}, "query.secagg_keys": {"keys"}, "query.secagg_shares": {"shares"},
-    "query.secagg_unmask": {"shares"},
+    "query.secagg_unmask": {"shares"}, "query.dp_stats": {"stats", "metrics"}, "train.dp_step": {"gradient", "metrics"},
 }
+MASKED_INSTEAD_OF = {"train.head": "arrays", "query.dp_stats": "stats", "train.dp_step": "gradient"}
+WHOLE_MODEL_COUNTS = {"confusion", "n", "correct", "suppressed", "class-total", "pred-total", "dp-epsilon", "dp-delta"}
 MAX_BINS = 100
 
 
@@ -133,10 +139,11 @@ def reply_problems(request: Message, reply: Message) -> list[str]:
         return problems or [f"{kind}: a message type outside the allow-list"]
     present = set(reply.content.keys())
     wants_val = kind == "train.head" and bool(request.content.config_records["config"].get("evaluate-split"))
-    secure = kind == "train.head" and bool(request.content.config_records["config"].get("secure-aggregation"))
-    required = (REQUIRED[kind] - {"arrays"}) | {"masked"} if secure else REQUIRED[kind]
+    clear = MASKED_INSTEAD_OF.get(kind)  # the record a secure reply holds masked instead
+    secure = clear is not None and bool(request.content.config_records["config"].get("secure-aggregation"))
+    required = (REQUIRED[kind] - {clear}) | {"masked"} if secure else REQUIRED[kind]
     missing = required - present
-    if secure and "arrays" in present:
+    if secure and clear in present:
         problems.append(f"{kind}: an unmasked update under secure aggregation")
     if not secure and "masked" in present:
         problems.append(f"{kind}: a masked update the server did not ask for")
@@ -178,12 +185,40 @@ def reply_problems(request: Message, reply: Message) -> list[str]:
             changed = sorted(key for key in set(back) & set(sent) if back[key] != sent[key])
             problems.append(f"{kind}/arrays: must mirror the received head (extra {extra}, missing {lost}, other dtype or "
                             f"shape {changed})")
+    cfg = request.content.config_records.get("config")
+    if cfg is not None and cfg.get("dp-mode") == "whole-model":
+        problems += _whole_model_problems(kind, request, reply, k)
     if kind == "query.embed" and "sums" in present:
         shapes = {key: tuple(a.shape) for key, a in reply.content.array_records["sums"].items()}
         for branch in {key.split(".")[0] for key in shapes}:
             n, s1, s2 = (shapes.get(f"{branch}.{stat}") for stat in ("n", "sum", "sumsq"))
             if n not in ((1,), ()) or s1 is None or len(s1) != 1 or s2 != s1:
                 problems.append(f"{kind}/sums: branch {branch} must hold n (one number), sum and sumsq (one vector each)")
+    return problems
+
+
+def _whole_model_problems(kind: str, request: Message, reply: Message, k: int | None) -> list[str]:
+    """In a whole-model DP run only the planned releases leave: no count at join or embed, no feature sums, the
+    confusion matrix alone at evaluation, and the noisy sums and gradients in the shapes of the linear head."""
+    problems = []
+    if kind == "query.join":
+        m = reply.content["metrics"]
+        if any(v != -1 for key in ("n-train", "n-val", "n-test", "n-groups") for v in [m.get(key)]) or \
+                any(c != -1 for c in m.get("counts", [])):
+            problems.append(f"{kind}: counts must be withheld (-1) in a whole-model DP run")
+    if kind == "query.embed" and (len(reply.content["sums"]) or any(
+            reply.content["metrics"].get(key) != -1 for key in ("embedded-now", "num-examples"))):
+        problems.append(f"{kind}: no feature sums or counts leave in a whole-model DP run")
+    if kind == "evaluate.head" and not set(reply.content["metrics"].keys()) <= WHOLE_MODEL_COUNTS:
+        problems.append(f"{kind}: only the noisy confusion matrix leaves in a whole-model DP run")
+    if "stats" in reply.content:  # (classes, features + 1): per class its noisy sums and count
+        arr = reply.content.array_records["stats"].get("sums")
+        if arr is None or arr.dtype != "float64" or len(arr.shape) != 2 or (k is not None and arr.shape[0] != k):
+            problems.append(f"{kind}/stats: sums must be one float64 matrix with a row per class")
+    if "gradient" in reply.content:  # the shape of the weights the server sent
+        arr, w = reply.content.array_records["gradient"].get("sum"), request.content.array_records["arrays"].get("w")
+        if arr is None or w is None or arr.dtype != "float64" or tuple(arr.shape) != tuple(w.shape):
+            problems.append(f"{kind}/gradient: sum must be one float64 matrix shaped like the weights sent")
     return problems
 
 

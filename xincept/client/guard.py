@@ -38,8 +38,11 @@ EXTRA_KEYS: dict[str, frozenset[str]] = {
     "train.xgb": frozenset({"xgb-address", "xgb-rank", "xgb-world", "xgb-tls-dir"}),
     "train.xgb_bagging": frozenset({"booster"}),
     "train.local": frozenset(),
+    "query.dp_stats": frozenset({"server-round", "member", "secagg-nodes"}),
+    "train.dp_step": frozenset({"dp-step", "server-round", "member", "secagg-nodes"}),
 }
-PRIVACY_KEYS = ("dp-epsilon", "dp-delta", "dp-max-grad-norm", "disclosure", "min-cell-count", "disclosure-epsilon")
+PRIVACY_KEYS = ("dp-epsilon", "dp-delta", "dp-max-grad-norm", "disclosure", "min-cell-count", "disclosure-epsilon", "dp-mode",
+                "dp-unit", "dp-steps", "dp-lr")
 EMBED_KEYS = ("backbones", "input-size", "pretrained", "random-backbones", "precision", *SPLIT_KEYS)
 SPLIT_BOUNDS = {"test-fraction": (0.1, 0.5), "val-fraction": (0.05, 0.5), "group-block": (1, 10_000)}
 
@@ -56,6 +59,8 @@ def query_kinds(message_type: str, cfg: dict[str, Any]) -> list[str]:
         return ["val-release" if str(cfg.get("split", "val")) == "val" else "test-release"]
     if message_type.startswith("query.secagg_"):
         return []  # the steps of a secure round carry keys and shares, no data; the round's train.head counts
+    if message_type in ("query.dp_stats", "train.dp_step"):
+        return []  # whole-model DP: the site's privacy ledger caps these releases by its budget
     return [{"query.join": "join", "query.embed": "embed", "train.xgb": "xgb", "train.xgb_bagging": "xgb-bagging",
              "train.local": "local"}[message_type]]
 

@@ -46,15 +46,29 @@ def share(site: SiteSecAgg, nodes: list[int], publics: dict[str, bytes]) -> dict
     return {str(nodes[j - 1]): ct for j, ct in site.share_keys(by_index).items()}
 
 
-def masked_update(site: SiteSecAgg, nodes: list[int], me: int, inbox: dict[str, bytes], sent: np.ndarray,
-                  trained: np.ndarray, n_train: int, total: int) -> np.ndarray:
-    """Step 3: read the shares addressed to this site (``"<from>><to>"``), then mask the weighted update."""
+def receive(site: SiteSecAgg, nodes: list[int], me: int, inbox: dict[str, bytes]) -> None:
+    """The shares addressed to this site (``"<from>><to>"``) among everything the server relayed."""
     mine = {}
     for key, ct in inbox.items():
         src, _, dst = key.partition(">")
         if int(dst) == me:
             mine[index_of(nodes, int(src))] = bytes(ct)
     site.receive_shares(mine)
+
+
+def masked_vector(site: SiteSecAgg, nodes: list[int], me: int, inbox: dict[str, bytes], vector: np.ndarray) -> np.ndarray:
+    """Step 3 for any vector (whole-model DP's noisy sums): read this site's shares, then mask ``vector``."""
+    receive(site, nodes, me, inbox)
+    over = int(np.count_nonzero(np.abs(vector) > site.cfg.clip))
+    if over:
+        log.warning("secure aggregation: %d coordinate(s) exceed the range %g and are clipped", over, site.cfg.clip)
+    return site.masked(np.ravel(vector))
+
+
+def masked_update(site: SiteSecAgg, nodes: list[int], me: int, inbox: dict[str, bytes], sent: np.ndarray,
+                  trained: np.ndarray, n_train: int, total: int) -> np.ndarray:
+    """Step 3: read the shares addressed to this site (``"<from>><to>"``), then mask the weighted update."""
+    receive(site, nodes, me, inbox)
     if total <= 0:
         raise PolicyViolation("secure-aggregation", f"secagg-total {total}: the sites' training images must be counted")
     update = (np.asarray(trained, dtype=np.float64) - np.asarray(sent, dtype=np.float64)) * (n_train / total)

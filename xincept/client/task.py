@@ -112,13 +112,14 @@ def dataset_id(local: LocalSite) -> str:
 def join_info(local: LocalSite) -> dict[str, Any]:
     """What a site tells the server when it joins: versions, fingerprints, classes and counts.
 
-    Class counts below the site's min-cell-count are withheld (-1), like any other small count.
+    Class counts below the site's min-cell-count are withheld (-1), like any other small count; in a whole-model DP
+    run every count is withheld (each would be a release outside the site's privacy plan).
     """
     from xincept.common.disclosure import SUPPRESSED
 
     y = local.site.y
     floor = local.settings.min_cell_count
-    return {
+    info = {
         "site": local.name,
         "version": __version__,
         "fingerprints": [f"{b.name}:{b.fingerprint}" for b in local.site.backbones],
@@ -126,6 +127,12 @@ def join_info(local: LocalSite) -> dict[str, Any]:
         "weights": weights_meta(local.site.backbones)["weights"],
         "backbones": json.dumps([b.describe() for b in local.site.backbones]),
         "backbone_bytes": local.backbone_bytes,
+    }
+    if local.settings.dp_mode == "whole-model":
+        return {**info, "counts": [SUPPRESSED] * len(local.classes), "n_train": SUPPRESSED, "n_val": SUPPRESSED,
+                "n_test": SUPPRESSED, "n_groups": SUPPRESSED}
+    return {
+        **info,
         "n_groups": int(local.site.data.report.n_groups),
         "counts": [c if c == 0 or c >= floor else SUPPRESSED for c in (int((y == k).sum()) for k in range(len(local.classes)))],
         "n_train": int(len(local.split["train"])),

@@ -10,8 +10,9 @@ a person when combined with other knowledge. Before counts leave a site they pas
   column total; so when exactly one cell of any of these sets is withheld, the smallest released
   non-zero cell of that set is withheld too (complementary suppression), until no set has a lone one.
 - ``laplace``: every cell gets Laplace noise of scale 2/epsilon (moving one image between cells
-  changes the matrix by 2 in L1), rounded and clipped at zero; totals are computed from the noisy
-  cells, so the whole release is epsilon-differentially private per image.
+  changes the matrix by 2 in L1), rounded and clipped at zero; the totals (images, correct ones) are
+  computed from the noisy cells before clipping (clipping would add errors to every empty cell), so the
+  whole release is epsilon-differentially private per image.
 - ``none``: exact counts (for synthetic data and tests).
 """
 
@@ -114,8 +115,12 @@ def release_confusion(cm: np.ndarray, policy: DisclosurePolicy, rng: np.random.G
     cm = np.asarray(cm, dtype=np.int64)
     if policy.kind == "laplace":  # the noisy matrix and its own sums: nothing more leaves
         rng = rng or np.random.default_rng()
-        noisy = np.clip(np.rint(cm + rng.laplace(0.0, 2.0 / policy.epsilon, cm.shape)), 0, None).astype(np.int64)
-        return {"confusion": noisy.reshape(-1).tolist(), "n": int(noisy.sum()), "correct": int(np.trace(noisy)),
+        raw = cm + rng.laplace(0.0, 2.0 / policy.epsilon, cm.shape)
+        noisy = np.clip(np.rint(raw), 0, None).astype(np.int64)
+        # the totals from the unclipped noisy cells: clipping each cell at zero adds about 1 / epsilon to every empty
+        # cell, which would count as errors; these totals carry no such bias (and are the same release's post-processing)
+        return {"confusion": noisy.reshape(-1).tolist(), "n": max(int(np.rint(raw.sum())), 0),
+                "correct": int(np.clip(np.rint(np.trace(raw)), 0, max(int(np.rint(raw.sum())), 0))),
                 "suppressed": 0, "class-total": noisy.sum(1).tolist(), "pred-total": noisy.sum(0).tolist()}
     if policy.kind == "suppress":
         released, rows, cols = _suppress(cm, policy.threshold)

@@ -117,6 +117,42 @@ class PrivacyLedger:
         """Epsilon spent over the site's lifetime (plus ``extra`` steps about to be taken)."""
         return composed_epsilon(self.histories() + ([extra] if extra else []), delta)
 
+    def releases(self, key: str) -> list:
+        """Whole-model DP: what this data set released in the run ``key`` (xincept.common.privacy_accounting)."""
+        from xincept.common.privacy_accounting import Release
+
+        entry = self._read().get("releases", {}).get(self.dataset, {}).get(key, {})
+        return [Release(**r) for r in entry.values()]
+
+    def lifetime_rdp(self, orders: np.ndarray) -> np.ndarray:
+        """RDP at ``orders`` of everything in the file: every DP-SGD entry (Opacus' sampled Gaussian) and every
+        whole-model release, of every data set (the conservative lifetime: one patient may be in several)."""
+        from opacus.accountants.analysis.rdp import compute_rdp
+
+        from xincept.common.privacy_accounting import Release
+
+        doc = self._read()
+        total = np.zeros(len(orders))
+        for sigma, q, steps in self.histories():
+            if steps > 0:
+                total += np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)))
+        for runs in doc.get("releases", {}).values():
+            for entry in runs.values():
+                for r in entry.values():
+                    total += Release(**r).rdp(orders)
+        return total
+
+    def add_release(self, key: str, release) -> list:
+        """Record ``release`` (counts add up per kind, noise and purpose) in run ``key``; returns the run's releases."""
+        doc = self._read()
+        entry = doc.setdefault("releases", {}).setdefault(self.dataset, {}).setdefault(key, {})
+        name = f"{release.kind}:{release.noise:.12g}:{release.what}"
+        old = entry.get(name, {**asdict(release), "count": 0})
+        entry[name] = {**old, "count": int(old["count"]) + int(release.count)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, doc, mode=0o600)
+        return self.releases(key)
+
     def add(self, key: str, steps: int, plan: DPPlan, server_round: int) -> int:
         doc = self._read()
         entry = doc["datasets"].setdefault(self.dataset, {}).setdefault(key, {"steps": 0, "rounds": [], "plan": asdict(plan)})

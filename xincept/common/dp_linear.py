@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from xincept.common.head import signed_log
 from xincept.common.privacy_accounting import Release, calibrate_sigma
@@ -201,5 +202,97 @@ def predict_proba(w: np.ndarray, mean: np.ndarray, x: np.ndarray) -> np.ndarray:
     return softmax(centred(x, mean) @ w)
 
 
-__all__ = ["LinearDPConfig", "SiteDP", "ServerDP", "UNITS", "clipped_class_sums", "clipped_gradient_sum", "plan_sigma",
+COUNTS_WHAT = "test split: numbers of correct and wrong predictions"
+COUNTS_SHARE = 0.05  # the share of a whole-model DP budget (in RDP) spent on the test split's two counts
+
+
+def site_plan(epsilon: float, delta: float, cfg: LinearDPConfig,
+              counts_share: float = COUNTS_SHARE) -> tuple[float, list[Release]]:
+    """(gradient noise multiplier, every release planned) for a site's whole budget: the class sums (``stats_share``
+    of the training's loss), ``cfg.steps`` gradient sums, and the test split's numbers of correct and wrong predictions
+    (``counts_share`` of the whole loss; Gaussian, L2 sensitivity 1 per unit: a unit is one of the two counts)."""
+    t_eq = cfg.steps / (1 - cfg.stats_share)
+    sigma = calibrate_sigma(epsilon, delta, int(np.ceil(t_eq / (1 - counts_share))))
+    counts_noise = sigma * float(np.sqrt((1 - counts_share) / (counts_share * t_eq)))
+    return sigma, releases(cfg, sigma, cfg.steps) + [Release("gaussian", counts_noise, 1, COUNTS_WHAT)]
+
+
+def noisy_test_counts(correct: int, wrong: int, noise: float, rng: np.random.Generator) -> tuple[int, int]:
+    """(correct, images) of a test split released with N(0, noise^2) on each of the two counts, rounded, clipped to
+    be counts (post-processing)."""
+    c, w = correct + rng.normal(0.0, noise), wrong + rng.normal(0.0, noise)
+    n = max(int(round(c + w)), 0)
+    return int(min(max(round(c), 0), n)), n
+
+
+def accuracy_noise_sd(correct: int, n: int, sites: int, noise: float) -> float | None:
+    """The standard deviation the counts' noise adds to a pooled accuracy (delta method, ``sites`` releases)."""
+    if n <= 0:
+        return None
+    wrong = max(n - correct, 0)
+    return float(np.sqrt(sites) * noise * np.sqrt(wrong**2 + correct**2) / n**2)
+
+
+def config_of(settings) -> LinearDPConfig:
+    """The run's linear-head DP configuration from its FedSettings (``dp-steps``, ``dp-lr``, ``dp-max-grad-norm``,
+    ``dp-unit``)."""
+    return LinearDPConfig(steps=settings.dp_steps, lr=settings.dp_lr, clip=settings.dp_max_grad_norm, unit=settings.dp_unit)
+
+
+def plan_of(settings) -> tuple[float, list[Release]]:
+    """(gradient noise multiplier, every release planned) of a whole-model DP run: the same at the server and at
+    every site, from the settings alone."""
+    return site_plan(settings.dp_epsilon, settings.dp_delta, config_of(settings))
+
+
+class LinearProbe(torch.nn.Module):
+    """The whole-model DP classifier as a module (bundle, ``predict``, Grad-CAM): the scaled features
+    (:func:`scale_features`), centred by the released mean, at unit norm, into one linear layer.
+
+    The same interface as the fused head where the rest of the code needs it: ``in_dims``, ``cfg``,
+    ``embedding_dim`` (the centred features), ``embed``, ``forward`` (logits), ``trainable_state``.
+    """
+
+    def __init__(self, in_dims: list[int], num_classes: int, cfg=None) -> None:
+        from xincept.common.config import HeadConfig
+
+        super().__init__()
+        self.in_dims, self.num_classes, self.cfg = list(in_dims), num_classes, cfg or HeadConfig()
+        self.register_buffer("probe_mean", torch.zeros(sum(in_dims)))
+        self.probe = torch.nn.Linear(sum(in_dims), num_classes)
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(self.in_dims)
+
+    def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for f in feats:
+            z = signed_log(f.to(torch.float32))
+            parts.append(z / z.norm(dim=1, keepdim=True).clamp_min(1e-12) / float(np.sqrt(len(feats))))
+        z = torch.cat(parts, dim=1) - self.probe_mean
+        return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    branch_activations = embed
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.probe(self.embed(feats))
+
+    def set_weights(self, w: np.ndarray, mean: np.ndarray) -> "LinearProbe":
+        """From the protocol's (D + 1, K) weights (last row: the bias) and the released mean."""
+        with torch.no_grad():
+            self.probe.weight.copy_(torch.as_tensor(w[:-1].T, dtype=torch.float32))
+            self.probe.bias.copy_(torch.as_tensor(w[-1], dtype=torch.float32))
+            self.probe_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        return self
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def is_probe_state(state: dict) -> bool:
+    return "probe.weight" in state
+
+
+__all__ = ["LinearDPConfig", "LinearProbe", "config_of", "is_probe_state", "plan_of", "site_plan", "SiteDP", "ServerDP", "UNITS", "clipped_class_sums", "clipped_gradient_sum", "plan_sigma",
            "predict_proba", "releases", "scale_features", "train_linear_dp", "unit_index"]

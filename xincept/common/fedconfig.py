@@ -21,6 +21,10 @@ AUTO_SERVER_LR = {"fedsgd": 0.02}
 # points on the same split, and their average is steadier (bench/results/fed_*members*).
 AUTO_HEAD_MEMBERS = {"fedsgd": 3}
 DEFAULT_ROUNDS, DEFAULT_SERVER_LR = 10, 0.05
+DP_MODES = ("head", "whole-model")
+# whole-model DP through secure aggregation: each coordinate of a site's noisy sum in [-R, R] at 24 bits (a step of
+# 0.002, far below the noise); a site's sums stay inside unless one class holds more than R of its training images
+DP_SECAGG_RANGE = 16384.0
 
 
 # The server's own paths, addresses and run control: never sent to the sites (everything else is, whole).
@@ -86,6 +90,10 @@ class FedSettings:
     dp_epsilon: float = 0.0  # DP-SGD target epsilon per site for the whole run (0: off)
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    dp_mode: str = "head"  # head: DP-SGD on the fused head | whole-model: every release of a site under one accounting
+    dp_unit: str = "image"  # whole-model: the privacy unit, image or patient (the site's patient groups)
+    dp_steps: int = 80  # whole-model: full-batch DP gradient steps of the linear head
+    dp_lr: float = 1.0  # whole-model: the server's step on the noisy mean gradient (momentum 0.9)
     central_dp_noise: float = 0.0  # central DP (Flower's server-side fixed clipping wrapper): noise multiplier; 0 = off
     central_dp_clip: float = 1.0  # central DP: clipping norm of each site's update
     dp_trainings: int = 1  # trainings that share each site's budget (set by the server: 1 + leave-one-site-out runs)
@@ -105,6 +113,10 @@ class FedSettings:
             object.__setattr__(self, "rounds", AUTO_ROUNDS.get(self.strategy, DEFAULT_ROUNDS))
         if self.server_lr == 0:
             object.__setattr__(self, "server_lr", AUTO_SERVER_LR.get(self.strategy, DEFAULT_SERVER_LR))
+        if self.dp_mode not in DP_MODES:
+            raise SettingError(f"dp-mode={self.dp_mode!r}: choose head (DP-SGD on the fused head) or whole-model")
+        if self.dp_mode == "whole-model":
+            self._settle_whole_model_dp()
         if self.head_members == 0:
             object.__setattr__(self, "head_members", 1 if self.dp_epsilon > 0 else AUTO_HEAD_MEMBERS.get(self.strategy, 1))
         if self.head_members < 1:
@@ -143,6 +155,25 @@ class FedSettings:
             raise SettingError(f"xgb-mode={self.xgb_mode!r}: choose histogram, bagging or none")
         if self.secure_aggregation:
             self._check_secure_aggregation()
+
+    def _settle_whole_model_dp(self) -> None:
+        """Whole-model DP (xincept.common.dp_linear): a linear head by full-batch DP gradient descent, and nothing
+        released outside the site's one (epsilon, delta): no XGBoost, no per-feature sums, no validation counts, the
+        test split's two counts under the plan's noise (``disclosure`` does not apply), no leave-one-site-out or
+        local-only models (each would be another release)."""
+        if self.dp_epsilon <= 0:
+            raise SettingError("dp-mode whole-model needs a budget: give --dp-epsilon (per site, for everything it releases)")
+        if self.dp_unit not in ("image", "patient"):
+            raise SettingError(f"dp-unit={self.dp_unit!r}: choose image or patient")
+        if self.dp_steps < 1 or self.dp_lr <= 0:
+            raise SettingError(f"dp-steps {self.dp_steps} / dp-lr {self.dp_lr}: give at least one step and a positive rate")
+        if self.secure_aggregation:  # the sums are large (up to the site's images per coordinate): their own range
+            object.__setattr__(self, "secagg_clip", DP_SECAGG_RANGE)
+        if self.resume:
+            raise SettingError("dp-mode whole-model cannot --resume: the steps already taken were released and spent; "
+                               "start a new run (the sites' ledgers count both)")
+        for name, value in (("xgb_mode", "none"), ("loso", False), ("local_only", False), ("head_members", 1)):
+            object.__setattr__(self, name, value)
 
     def _check_secure_aggregation(self) -> None:
         """Secure aggregation gives the server the sum of the updates only: what needs each site's own update is out."""

@@ -181,6 +181,12 @@ def ensemble_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 def head_for_state(in_dims: list[int], num_classes: int, cfg: HeadConfig, state: dict[str, torch.Tensor]) -> nn.Module:
     """A :class:`FusedHead` or :class:`HeadEnsemble` shaped for ``state``, with ``state`` loaded, in eval mode."""
+    from xincept.common.dp_linear import LinearProbe, is_probe_state
+
+    if is_probe_state(state):  # whole-model DP's linear head
+        probe = LinearProbe(in_dims, num_classes, cfg)
+        probe.load_state_dict(state)
+        return probe.eval()
     k = member_count(state)
     head = FusedHead(in_dims, num_classes, cfg) if k == 1 else HeadEnsemble(in_dims, num_classes, cfg, k)
     head.load_state_dict(state)

@@ -231,8 +231,9 @@ def privacy_plot(privacy: dict[str, dict[str, float]], target: float) -> bytes:
     if target:
         ax.axhline(target, color="red", ls="--", lw=1, label=f"budget {target:g}")
         ax.legend(fontsize=7)
+    first = next(iter(privacy.values()))
     ax.set(ylabel="epsilon spent", title="Differential privacy budget spent per site (delta "
-           f"{next(iter(privacy.values()))['delta']:g}, unit: image)")
+           f"{first['delta']:g}, unit: {first.get('unit', 'image')})")
     return _png(plt, fig)
 
 

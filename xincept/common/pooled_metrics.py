@@ -71,8 +71,12 @@ def pooled_metrics(releases: list[dict[str, Any]], classes: list[str]) -> dict[s
     m = metrics_from_counts(n, correct, _class_counts(releases, cm, cm_hidden, k), classes)
     m["confusion"] = [[None if cm_hidden[i, j] else int(cm[i, j]) for j in range(k)] for i in range(k)]
     m["withheld_cells"] = sum(int((np.asarray(r["confusion"]) == SUPPRESSED).sum()) for r in releases)  # over the sites
-    m["loss"] = sum(float(r.get("loss-sum", 0.0)) for r in releases) / n if n else None
+    released_loss = bool(releases) and all("loss-sum" in r for r in releases)  # whole-model DP releases the matrix only
+    m["loss"] = sum(float(r["loss-sum"]) for r in releases) / n if n and released_loss else None
     m["auc_ovr"], m["ece"] = None, None
+    if releases and not any("roc-pos" in r for r in releases):
+        m["withheld"] = {**m.get("withheld", {}), "auc_ovr": "not released: the sites sent their confusion matrices only",
+                         "ece": "not released: the sites sent their confusion matrices only"}
     if len(releases) == 1:  # one site's matrix as released (-1 = withheld), for the report
         m["confusion_released"] = np.asarray(releases[0]["confusion"], dtype=np.int64).reshape(k, k).tolist()
     if releases and all("roc-pos" in r for r in releases):

@@ -72,14 +72,19 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
                 f"- Validation counts: {d['description']}; {d['withheld_cells']} cell(s) of the pooled test matrices were withheld. "
                 "Every metric comes from released counts only: one whose inputs were withheld is shown as withheld, never "
                 "computed as if they were zero (accuracy uses the exact totals, which are always released).",
-                "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
-                "feature, embedding, per-image label or prediction, or file name.", ""]
+                ("- Training (whole-model DP): noisy per-class sums and counts once, a noisy clipped gradient sum per "
+                 "step, and no count at join; nothing else. No image, feature, embedding, per-image label or prediction, "
+                 "or file name." if metrics.get("whole_model_dp") else
+                 "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
+                 "feature, embedding, per-image label or prediction, or file name."), ""]
         sa = metrics.get("secure_aggregation")
         if sa:
             out[-1:-1] = [f"- Secure aggregation: every head round's updates were summed so that the server saw only their "
                           f"sum (threshold {sa['threshold']} of the round's sites; {sa['rounds_with_dropouts']} round(s) "
                           "completed without a site that dropped out). Each site sent masked updates, never its own."]
-    if metrics.get("privacy"):
+    if metrics.get("whole_model_dp") and metrics.get("privacy"):
+        out += whole_model_section(metrics)
+    elif metrics.get("privacy"):
         out += ["## Differential privacy (DP-SGD at each site, unit: one image)", "",
                 "| site | epsilon spent | delta | noise multiplier | clipping norm |", "|---|---|---|---|---|"]
         for site, p in sorted(metrics["privacy"].items()):
@@ -94,6 +99,28 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
         out += [f"- {s}: {why}" for s, why in sorted(metrics["lost_sites"].items())] + [""]
     if metrics.get("rejected_updates"):
         out += ["## Rejected updates", ""] + [f"- {s}: {'; '.join(r)}" for s, r in sorted(metrics["rejected_updates"].items())] + [""]
+    return out
+
+
+def whole_model_section(metrics: dict[str, Any]) -> list[str]:
+    """Whole-model DP: one (epsilon, delta) per site over everything it released, and what those releases were."""
+    wm = metrics["whole_model_dp"]
+    privacy = metrics["privacy"]
+    unit = next(iter(privacy.values()))["unit"]
+    out = [f"## Differential privacy of the whole model (unit: one {unit})", "",
+           f"Each site's epsilon below covers every release that left it in this run (Renyi DP composition, the same "
+           f"accounting at the site, whose ledger refuses anything beyond its budget). Linear head, {wm['steps']} "
+           f"full-batch gradient steps, noise multiplier {wm['noise_multiplier']:.2f} on clipping norm "
+           f"{wm['config']['clip']:g}.", "",
+           "| site | epsilon | delta | budget | gradient steps released |", "|---|---|---|---|---|"]
+    for site, p in sorted(privacy.items()):
+        steps = next((r["count"] for r in p["releases"] if r["kind"] == "gaussian" and "gradient" in r["what"]), 0)
+        out.append(f"| {site} | {p['epsilon']:.3f} | {p['delta']:g} | {p['planned_epsilon']:g} | {steps} |")
+    out += ["", "Releases of each site (the same at every site): "
+            + "; ".join(f"{r['what']}: {r['kind']}, {'noise multiplier' if r['kind'] == 'gaussian' else 'epsilon'} "
+                        f"{r['noise']:.3g}, {r['count']} time(s)" for r in next(iter(privacy.values()))["releases"]) + ".", ""]
+    if metrics.get("privacy_scope"):
+        out += [f"**What the epsilon covers.** {metrics['privacy_scope']}", ""]
     return out
 
 

@@ -28,6 +28,9 @@ DisclosureOpt = Annotated[str | None, setting_option("disclosure", "--disclosure
 MinCellOpt = Annotated[int | None, setting_option("min_cell_count", "--min-cell-count", help="Smallest count a site releases (suppress policy).")]
 DpEpsilonOpt = Annotated[float | None, setting_option("dp_epsilon", "--dp-epsilon", help="DP-SGD at every site (Opacus): target epsilon per site for the whole run; 0 = off.")]
 DpDeltaOpt = Annotated[float | None, setting_option("dp_delta", "--dp-delta", help="DP delta per site.")]
+DpModeOpt = Annotated[str | None, setting_option("dp_mode", "--dp-mode", help="With --dp-epsilon: head (DP-SGD on the fused head; XGBoost, feature sums and counts outside it) or whole-model (a linear head by full-batch DP gradient descent; every release of a site, its test counts included, under its one epsilon; no XGBoost).")]
+DpUnitOpt = Annotated[str | None, setting_option("dp_unit", "--dp-unit", help="Whole-model DP's privacy unit: image, or patient (the site's patient groups, each clipped as one).")]
+DpStepsOpt = Annotated[int | None, setting_option("dp_steps", "--dp-steps", help="Whole-model DP: full-batch gradient steps (each one message per site).")]
 SecureAggOpt = Annotated[bool | None, setting_option("secure_aggregation", "--secure-aggregation/--no-secure-aggregation", help="Sum the head updates by secure aggregation: the server learns only their sum (four messages per round; FedAvg or FedProx).")]
 FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels (thesis: 224).")]
 FedBackbonesOpt = Annotated[str | None, setting_option("backbones", "--backbones", help="Comma-separated timm backbone names (the thesis pair by default).")]
@@ -65,6 +68,9 @@ def simulate(
     min_cell_count: MinCellOpt = None,
     dp_epsilon: DpEpsilonOpt = None,
     dp_delta: DpDeltaOpt = None,
+    dp_mode: DpModeOpt = None,
+    dp_unit: DpUnitOpt = None,
+    dp_steps: DpStepsOpt = None,
     secure_aggregation: SecureAggOpt = None,
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
@@ -84,7 +90,7 @@ def simulate(
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, head_members=head_members, backbones=backbones, input_size=input_size,
                                 group_block=group_block, precision=precision, seed=seed, test_fold=test_fold, resume=resume, xgb_mode=xgb_mode, loso=loso,
                                 disclosure=disclosure, min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
-                                secure_aggregation=secure_aggregation),
+                                dp_mode=dp_mode, dp_unit=dp_unit, dp_steps=dp_steps, secure_aggregation=secure_aggregation),
                            always=("loso",))  # leave-one-site-out is always on in simulation unless --no-loso
     values.update(out_dir=str(out), min_sites=sites)
     if no_pretrained:

@@ -9,7 +9,7 @@ import typer
 
 from xincept.common.cli import (RandomBackbonesOpt, VerboseOpt, friendly_errors, given_options, setting_option, setup_logging,
                                 warn_random_weights)
-from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, EpochsOpt, SecureAggOpt, FedBackbonesOpt,
+from xincept.server.cmd_simulate import (ConfigOpt, DisclosureOpt, DpDeltaOpt, DpEpsilonOpt, DpModeOpt, DpStepsOpt, DpUnitOpt, EpochsOpt, SecureAggOpt, FedBackbonesOpt,
                                          FedInputSizeOpt, FreshOpt, MinCellOpt, ResumeOpt, RoundsOpt, StrategyOpt, XgbModeOpt)
 
 
@@ -40,6 +40,9 @@ def start(
     min_cell_count: MinCellOpt = None,
     dp_epsilon: DpEpsilonOpt = None,
     dp_delta: DpDeltaOpt = None,
+    dp_mode: DpModeOpt = None,
+    dp_unit: DpUnitOpt = None,
+    dp_steps: DpStepsOpt = None,
     secure_aggregation: SecureAggOpt = None,
     resume: ResumeOpt = False,
     fresh: FreshOpt = False,
@@ -61,6 +64,7 @@ def start(
     values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
                                 join_timeout=join_timeout, round_timeout=round_timeout, resume=resume, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure,
                                 min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta, backbones=backbones,
+                                dp_mode=dp_mode, dp_unit=dp_unit, dp_steps=dp_steps,
                                 secure_aggregation=secure_aggregation,
                                 input_size=input_size))
     values.update(out_dir=str(out), public_host=advertised, insecure=insecure, xgb_tls_dir=str(tls_dir.resolve()) if tls_dir else "")

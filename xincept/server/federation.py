@@ -158,6 +158,7 @@ class Trained:
     n_train: dict[str, int]
     embed_stats: dict[str, dict[str, Any]]
     timing: dict[str, float]
+    whole_model: dict[str, Any] | None = None  # whole-model DP: the training's facts (xincept.server.dp_model)
 
 
 def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None = None) -> dict[str, Any]:
@@ -168,6 +169,8 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     t_embed = time.perf_counter()
     site_sums, embed_stats = embed(fed)
     t_embed = time.perf_counter() - t_embed
+    if settings.dp_mode == "whole-model":
+        return run_whole_model_dp(fed, sites, embed_stats, t0, t_embed)
     fed = fed.with_settings(with_dp_budget(fed.settings, len(fed.nodes)))
     n_train = {s.name: int(s.info["n-train"]) for s in sites}
     result, booster_raw, xgb_info = train_global_model(fed, site_sums, n_train, Path(settings.out_dir) / "checkpoint", "global",
@@ -178,6 +181,66 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
     validation = validate(fed, trained)
     trained.timing.update(validate=round(time.perf_counter() - t_val, 2), total=round(time.perf_counter() - t0, 2))
     return write_outputs(fed, sites, trained, validation)
+
+
+def run_whole_model_dp(fed: Federation, sites: list[Site], embed_stats: dict[str, dict[str, Any]], t0: float,
+                       t_embed: float) -> dict[str, Any]:
+    """Whole-model DP (xincept.server.dp_model): the linear head from the sites' noisy releases, scored by their noisy
+    test confusion matrices; every release of every site under its one (epsilon, delta)."""
+    from xincept.common.dp_linear import accuracy_noise_sd
+    from xincept.server.dp_model import train_whole_model_dp
+
+    in_dims = [int(b["num_features"]) for b in json.loads(str(sites[0].info["backbones"]))]
+    state, info = train_whole_model_dp(fed, in_dims)
+    result = HeadResult(state, seconds=info["seconds"])
+    trained = Trained(result, None, {"mode": "none"}, {}, {s.name: -1 for s in sites}, embed_stats,
+                      {"embed": round(t_embed, 2), "head_rounds": info["seconds"], "xgb": 0.0}, whole_model=info)
+    t_val = time.perf_counter()
+    validation = validate(fed, trained)
+    trained.timing.update(validate=round(time.perf_counter() - t_val, 2), total=round(time.perf_counter() - t0, 2))
+    g = validation.glob
+    noise = counts_noise(fed.settings)
+    g["dp_noise"] = {"per_count_sd_per_site": noise, "accuracy_sd": accuracy_noise_sd(
+        int(round(g["accuracy"] * g["n"])) if g["n"] else 0, g["n"], len(validation.per_site), noise),
+        "note": "the accuracy comes from each site's noisy numbers of correct predictions and of images; accuracy_sd is "
+                "what that noise adds (delta method), beside the Wilson interval's sampling error"}
+    return write_outputs(fed, sites, trained, validation)
+
+
+def counts_noise(settings: FedSettings) -> float:
+    """The standard deviation of the noise on each released test count of a whole-model DP run."""
+    from xincept.common.dp_linear import plan_of
+
+    return plan_of(settings)[1][-1].noise * (settings.group_block if settings.dp_unit == "patient" else 1)
+
+
+def whole_model_privacy(settings: FedSettings, info: dict[str, Any], sites: list[str],
+                        evaluated: list[str]) -> dict[str, dict[str, Any]]:
+    """Each site's one (epsilon, delta) over every release it made (what its ledger recorded: the class sums, the
+    gradient steps it answered, its test confusion matrix), by the same accounting as at the site."""
+    from xincept.common.dp_linear import COUNTS_WHAT
+    from xincept.common.privacy_accounting import Release, statement
+
+    planned = [Release(**r) for r in info["planned_releases"]]
+    out = {}
+    for site in sites:
+        if site not in info["steps_by_site"]:
+            continue  # lost before it released anything
+        steps = info["steps_by_site"][site]
+        made = [planned[0], Release(planned[1].kind, planned[1].noise, steps, planned[1].what),
+                Release(planned[2].kind, planned[2].noise, 1 if site in evaluated else 0, COUNTS_WHAT)]
+        out[site] = {**statement(made, settings.dp_delta, settings.dp_unit), "planned_epsilon": settings.dp_epsilon,
+                     "reported_by_site_during_training": info["spent"].get(site)}
+    return dict(sorted(out.items()))
+
+
+WHOLE_MODEL_SCOPE = ("Whole-model DP: the epsilon covers everything that left each site. Its releases: once, per class "
+                     "the noisy sum of its scaled training features and the noisy number of its units (each unit's "
+                     "contribution clipped); at every step, the noisy clipped gradient sum of the linear head; its test "
+                     "split's numbers of correct predictions and of images under Gaussian noise. Nothing else: no "
+                     "per-feature sums, no XGBoost, no exact counts at join, no validation counts, no confusion matrix, "
+                     "loss or histograms. Neighbouring data sets differ by "
+                     "one unit added or removed.")
 
 
 def resume_point(settings: FedSettings) -> Checkpoint | None:
@@ -307,6 +370,9 @@ def protocol_of(settings: FedSettings) -> dict[str, Any]:
 
 def classifier_text(settings: FedSettings, result: HeadResult, booster_raw: bytes | None, xgb_info: dict[str, Any]) -> str:
     """The global classifier in words (metrics.json's ``classifier``)."""
+    if settings.dp_mode == "whole-model":
+        return (f"linear head on the frozen features (signed log, unit norm, centred), {settings.dp_steps} full-batch DP "
+                f"gradient steps over the sites (whole-model DP, unit: {settings.dp_unit}), softmax")
     members = settings.head_members
     return ((f"ensemble of {members} fused heads (their softmax averaged, their embeddings concatenated), each "
              if members > 1 else "fused head (")
@@ -325,6 +391,12 @@ def metrics_of(fed: Federation, sites: list[Site], trained: Trained, v: Validati
     settings, result, members = fed.settings, trained.result, fed.settings.head_members
     nbytes = state_bytes(result.state) // members  # a round carries one head, whatever the number of heads
     privacy = privacy_by_site(result.rounds + v.loso_rounds)
+    scope = privacy_scope(settings)
+    wm = trained.whole_model
+    if wm is not None:
+        privacy = whole_model_privacy(settings, wm, [s.name for s in sites], sorted(v.per_site))
+        scope = WHOLE_MODEL_SCOPE
+        nbytes = 8 * (result.state["probe.weight"].numel() + result.state["probe.bias"].numel())  # float64 each way
     glob = v.glob
     return {
         "protocol": protocol_of(settings),
@@ -340,15 +412,24 @@ def metrics_of(fed: Federation, sites: list[Site], trained: Trained, v: Validati
         **({"selected_rounds": result.member_rounds} if members > 1 else {}),
         "sites": v.per_site,
         "cross_site": v.cross_site,
-        "disclosure": {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
-                       "withheld_cells": int(glob.get("withheld_cells", 0))},
+        "disclosure": ({"policy": "whole-model-dp", "description": "the test split's numbers of correct predictions and "
+                        f"of images, with Gaussian noise of standard deviation {counts_noise(settings):.3g} each, in the "
+                        "sites' DP plan; no confusion matrix, class totals, loss or histograms",
+                        "withheld_cells": int(glob.get("withheld_cells", 0))} if wm else
+                       {"policy": settings.disclosure, "description": settings.disclosure_policy().describe(),
+                        "withheld_cells": int(glob.get("withheld_cells", 0))}),
         "rejected_updates": result.rejected,
         **({"lost_sites": dict(fed.lost)} if fed.lost else {}),
         **({"secure_aggregation": {"threshold": settings.secagg_threshold_for(len(sites)), "bits": settings.secagg_bits,
                                    "clip": settings.secagg_clip,
-                                   "rounds_with_dropouts": sum(1 for r in result.rounds if r.get("secure_aggregation", {}).get("dropped"))}}
+                                   "rounds_with_dropouts": (wm["secure_aggregation"]["with_dropouts"] if wm else
+                                                            sum(1 for r in result.rounds if r.get("secure_aggregation", {}).get("dropped"))),
+                                   **({"rounds": wm["secure_aggregation"]["rounds"],
+                                       "bytes_up_per_site": wm["secure_aggregation"]["bytes_up"]} if wm else {})}}
            if settings.secure_aggregation else {}),
-        **({"privacy": privacy, "privacy_scope": privacy_scope(settings)} if privacy else {}),
+        **({"privacy": privacy, "privacy_scope": scope} if privacy else {}),
+        **({"whole_model_dp": {k: wm[k] for k in ("steps", "noise_multiplier", "config", "noisy_training_units", "noise",
+                                                  "sites_per_step", "seconds", "planned_releases") if k in wm}} if wm else {}),
         **({"central_dp": {"noise_multiplier": settings.central_dp_noise, "clipping_norm": settings.central_dp_clip,
                            "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping (Gaussian noise on the clipped sum)",
                            "note": "the spent epsilon depends on the sampling of sites; with all sites every round it is not amplified"}}
@@ -356,12 +437,17 @@ def metrics_of(fed: Federation, sites: list[Site], trained: Trained, v: Validati
         "rounds": result.rounds,
         "communication": {"bytes_per_site_per_round": nbytes, "bytes_per_site_per_round_both_ways": 2 * nbytes,
                           "full_model_bytes": state_bytes(result.state) + int(sites[0].info.get("backbone_bytes", 0)),
-                          "rounds": settings.rounds * members, "head_members": members,
-                          "bytes_per_site_per_run": 2 * nbytes * settings.rounds * members},
+                          "rounds": wm["steps"] if wm else settings.rounds * members, "head_members": members,
+                          "bytes_per_site_per_run": 2 * nbytes * (wm["steps"] if wm else settings.rounds * members)},
         "embedding": trained.embed_stats,
         "timing_s": trained.timing,
         "settings": settings.to_flat(),
     }
+
+
+def _total(counts: list[int]) -> int | None:
+    """A sum of released counts; None when a site withheld one (-1)."""
+    return None if any(c < 0 for c in counts) else int(sum(counts))
 
 
 def write_outputs(fed: Federation, sites: list[Site], trained: Trained, v: Validation) -> dict[str, Any]:
@@ -377,14 +463,15 @@ def write_outputs(fed: Federation, sites: list[Site], trained: Trained, v: Valid
         "backbones": json.loads(str(sites[0].info["backbones"])),
         "input_size": settings.input_size,
         "package_versions": package_versions(),
-        "data_summary": {"n_images": int(sum(int(s.info["n-train"]) + int(s.info["n-val"]) + int(s.info["n-test"]) for s in sites)),
-                         "n_groups": int(sum(int(s.info["n-groups"]) for s in sites)),
+        "data_summary": {"n_images": _total([int(s.info[k]) for s in sites for k in ("n-train", "n-val", "n-test")]),
+                         "n_groups": _total([int(s.info["n-groups"]) for s in sites]),
                          "sites": {s.name: list(np.atleast_1d(s.info["counts"])) for s in sites}, "synthetic": settings.synthetic},
         "protocol": metrics["protocol"],
         **({"privacy": metrics["privacy"], "privacy_scope": metrics["privacy_scope"]} if "privacy" in metrics else {}),
         "trained_on": f"federation of {len(sites)} sites ({', '.join(names)}), training splits only",
     }
-    dims = [len(x["sum"]) for _, x in sorted(next(iter(trained.site_sums.values())).items())]
+    dims = ([int(b["num_features"]) for b in meta["backbones"]] if trained.whole_model else
+            [len(x["sum"]) for _, x in sorted(next(iter(trained.site_sums.values())).items())])
     head = head_for_state(dims, len(classes), settings.run_config().head, trained.result.state)
     model = XinceptModel(head=head, booster=booster_from_raw(trained.booster_raw) if trained.booster_raw else None,
                          classes=classes, xgb_features=settings.xgb_features, xgb_margin=settings.xgb_margin)

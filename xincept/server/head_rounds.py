@@ -138,7 +138,7 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
                 del m.content["val"]
         if secure is not None:
             rejected, norms = {}, {}  # no site's own update is seen, so none can be screened
-            new_vector = packed_vector(arrays).astype(np.float64) + secure.step
+            new_vector = packed_vector(arrays).astype(np.float64) + secure.total
         else:
             accepted, rejected, norms = screen_updates(replies, nodes, state, reference, settings.max_update_norm,
                                                        settings.max_norm_ratio)

@@ -2,13 +2,14 @@
 
 The federation of `xincept-server simulate --sites 4 --partition P --test-fold K` (the same partition of the data
 set's patient groups over 4 sites, each site's same grouped train / validation / test split of fold K), with the
-DP protocol run in one process: every site releases its noisy class sums once and a noisy clipped gradient sum per
-step, and nothing else; each site's epsilon covers all of it (and, in a deployment, its validation counts, which
-are post-processing here: the accuracy below is the experimenters' measurement). Rows with `secure_aggregation`
-false: each site adds all the noise its epsilon needs. Rows with true: the releases are summed by the
-secure-aggregation protocol (xincept.common.secagg, in process) and each of the 4 sites adds half the noise's
-standard deviation, so that the sum carries all of it (distributed DP; see "trust" in the JSON). Accuracy is pooled over every fold's test
-images. The non-private reference is the federated model of bench/results/fed_<weights>_<partition>_cv.json where
+DP protocol of `--dp-mode whole-model` run in one process with the run mode's plan: every site releases its noisy
+class sums once, a noisy clipped gradient sum per step and its test split's two noisy counts (5% of the budget), and
+nothing else; each site's epsilon covers all of it. The accuracy below is the experimenters' exact count on the test
+images (the run mode reports it from the noisy counts, with their standard deviation). Rows with
+`secure_aggregation` false: each site adds all the noise its epsilon needs. Rows with true: the releases are summed
+by the secure-aggregation protocol (xincept.common.secagg, in process) and each of the 4 sites adds 1/sqrt(3) of the
+noise's standard deviation (3: the majority threshold), so that the sum of any 3 carries all of it (distributed DP;
+see "trust" in the JSON). Accuracy is pooled over every fold's test images. The non-private reference is the federated model of bench/results/fed_<weights>_<partition>_cv.json where
 it exists (the shipped model: fused head and XGBoost), and the same linear head trained without noise beside it.
 
 Hyperparameters (steps, learning rate) were chosen on the sites' validation splits at
@@ -62,14 +63,15 @@ def site_splits(site, partition: str, fold: int, split: str) -> list[tuple[np.nd
 def run_fold(x: np.ndarray, site, partition: str, fold: int, epsilon: float | None, cfg, split: str = "test",
              seed: int = 0, distributed: bool = False) -> tuple[int, int, float]:
     """(correct, tested, noise multiplier) of the linear head trained on fold ``fold``'s training splits.
-    ``distributed``: the sites' releases are summed by secure aggregation and each of the n sites adds 1/sqrt(n) of
-    the noise, so that the sum the server sees carries the whole noise (distributed DP)."""
-    from xincept.common.dp_linear import SiteDP, plain_sum, plan_sigma, predict_proba, train_linear_dp, unit_index
-    from xincept.common.secagg import secure_sum
+    ``distributed``: the sites' releases are summed by secure aggregation and each site adds 1/sqrt(threshold) of the
+    noise (threshold: a majority, 3 of 4), so that the sum of any threshold-many sites carries the whole noise
+    (distributed DP, as `--dp-mode whole-model --secure-aggregation` runs it)."""
+    from xincept.common.dp_linear import SiteDP, plain_sum, predict_proba, site_plan, train_linear_dp, unit_index
+    from xincept.common.secagg import majority, secure_sum
 
     parts = site_splits(site, partition, fold, split)
-    sigma = plan_sigma(cfg, epsilon, DELTA) if epsilon else 0.0
-    share = sigma / np.sqrt(len(parts)) if distributed else sigma
+    sigma = site_plan(epsilon, DELTA, cfg)[0] if epsilon else 0.0  # the run mode's plan: its test counts included
+    share = sigma / np.sqrt(majority(len(parts))) if distributed else sigma  # as `--secure-aggregation` sites add
     sites = [SiteDP(x[tr], site.y[tr], unit_index(len(tr), [site.groups[i] for i in tr], cfg.unit), len(site.classes), cfg,
                     share, np.random.default_rng([seed, fold, k])) for k, (tr, _) in enumerate(parts)]
     w, mean = train_linear_dp(sites, len(site.classes), secure_sum if distributed else plain_sum)
@@ -127,18 +129,20 @@ def main() -> None:
                              "weights": f"{weights} ({args.backbone})", "accuracy": r["accuracy"], "n_test": r["n_test"],
                              "noise_multiplier": r["noise_multiplier"], "non_private_accuracy": reference(weights, partition),
                              "non_private_linear_accuracy": plain, "model": "linear head, full-batch DP gradient descent",
-                             "noise": "each site 1/sqrt(4) of it, the sum by secure aggregation (distributed DP)" if secure
+                             "noise": "each site 1/sqrt(3) of it (3: the threshold of 4 sites), the sum by secure aggregation (distributed DP)" if secure
                                       else "each site all of it (local)", "config": cfg.describe()})
                 print(f"{partition} {unit} eps {eps:g}{' secure' if secure else ''}: {100 * r['accuracy']:.1f}% "
                       f"(non-private linear {100 * plain:.1f}%)", file=sys.stderr, flush=True)
     print(strict_dumps({"protocol": "grouped 5-fold CV inside each of 4 simulated sites (simulate's partition and "
                         "splits), accuracy pooled over every fold's test images and the noise draws",
                         "accounting": "per site, Renyi DP of every release (class sums and counts once, every gradient "
-                        "step), xincept.common.privacy_accounting", "seeds": args.seeds,
+                        "step, the test split's two counts), xincept.common.privacy_accounting, the plan of "
+                        "xincept.common.dp_linear.site_plan that `--dp-mode whole-model` sites follow", "seeds": args.seeds,
                         "trust": "secure_aggregation true: the server sees only the sum of the sites' releases (the "
                                  "secure-aggregation protocol of xincept.common.secagg, run in process) and each site's "
-                                 "epsilon holds while the other sites add their share of the noise; server and k colluding "
-                                 "sites face sqrt((4 - k) / 4) of it. false: each site's noise alone gives its epsilon.",
+                                 "epsilon holds while at least 3 sites add their share of the noise; the server with k "
+                                 "colluding sites faces sqrt((4 - k) / 3) of it. false: each site's noise alone gives its "
+                                 "epsilon.",
                         "command": "python bench/dp_end_to_end.py --data ../shared/datasets/all4 --weights-dir W --cache-dir CACHE",
                         "wall_s": round(time.time() - t0, 1), "rows": rows}, indent=1))
 

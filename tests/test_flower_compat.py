@@ -81,6 +81,13 @@ def test_a_pull_keeps_flowers_tries_and_backs_off_quickly_first() -> None:
     assert fc.shorten_pull_backoff(runner, "pull", max_time=fc.RUNNER_PULL_MAX_S)
     runner.pull("tree", lambda oid: b"ok")
     assert seen[-1]["max_time"] == fc.RUNNER_PULL_MAX_S  # a task whose run ended is given up, not waited on for 2 h
+    from flwr.common.constant import ErrorCode
+
+    from xincept.server import context
+
+    # a reply whose sender died mid-upload comes back as Flower's MESSAGE_UNAVAILABLE: a lost site, not a failed run
+    assert (context.MESSAGE_UNAVAILABLE, context.NODE_UNAVAILABLE) == (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE)
+    assert fc.SERVERAPP_PULL_MAX_S <= 300
 
     fake, tries = FakeTime(), []
 

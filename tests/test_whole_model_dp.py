@@ -194,3 +194,32 @@ def test_whole_model_dp_through_secure_aggregation_sends_only_masked_sums(tmp_pa
         assert set(e["records"]) == {"masked", "metrics"}
         assert e["records"]["masked"]["keys"]["update"]["dtype"] == "uint32"
     assert 0.0 <= m["global"]["accuracy"] <= 1.0  # from noisy counts of ~20 test images: no bound worth asserting
+
+
+def test_a_site_can_require_whole_model_dp() -> None:
+    from xincept.client.guard import _check_privacy
+    from xincept.client.policy import PolicyViolation, SitePolicy
+
+    strict = SitePolicy(require_whole_model_dp=True)
+    with pytest.raises(PolicyViolation, match="require-whole-model-dp"):
+        _check_privacy(strict, FedSettings(dp_epsilon=3.0), "train.head")  # DP-SGD on the head alone is not enough
+    _check_privacy(strict, FedSettings(dp_mode="whole-model", dp_epsilon=3.0), "train.dp_step")
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])
+def test_the_plan_spends_the_budget_by_opacus_accountant_too(epsilon: float) -> None:
+    """Every release of the plan is a full-batch Gaussian mechanism; together they are one Gaussian of noise
+    (sum count / sigma^2)^-1/2, whose epsilon Opacus' RDP accountant computes independently of ours."""
+    from opacus.accountants import RDPAccountant
+
+    from xincept.common.dp_linear import LinearDPConfig, site_plan
+    from xincept.common.privacy_accounting import epsilon_of
+
+    _, planned = site_plan(epsilon, 1e-5, LinearDPConfig())
+    assert [r.kind for r in planned] == ["gaussian"] * 3 and [r.count for r in planned] == [1, 80, 1]
+    sigma_eff = sum(r.count / r.noise**2 for r in planned) ** -0.5
+    acc = RDPAccountant()
+    acc.history = [(sigma_eff, 1.0, 1)]
+    theirs = acc.get_epsilon(1e-5)
+    assert epsilon_of(planned, 1e-5) == pytest.approx(theirs, rel=0.01) and theirs <= epsilon * 1.01
+    assert theirs >= epsilon * 0.95  # the plan spends the budget, not much less

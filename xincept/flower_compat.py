@@ -57,6 +57,11 @@ SLOW_FIRST_S = 0.25
 # run but not the task, and the runner (one task at a time) would wait out Flower's 2 h while the new run's messages
 # queue behind it. A head message's arrays are about 1 MB.
 RUNNER_PULL_MAX_S = 90.0
+# The ServerApp pulls a site's reply the same way: a site that dies while uploading its reply leaves a message whose
+# arrays never arrive, and Flower's grid would wait up to 2 h for them; after this it gets Flower's
+# MESSAGE_UNAVAILABLE reply instead, which the run treats as a lost site (xincept.server.context). Generous for a
+# slow hospital link: a head reply is about 1 MB.
+SERVERAPP_PULL_MAX_S = 120.0
 
 _warned: set[str] = set()
 
@@ -94,7 +99,7 @@ def apply(role: str) -> bool:
     if role == "serverapp":
         from flwr.superlink.grid import http_grid
 
-        return shorten_pull_backoff(http_grid, "pull_objects")
+        return shorten_pull_backoff(http_grid, "pull_objects", max_time=SERVERAPP_PULL_MAX_S)
     from flwr.supernode.runtime import run_clientapp
 
     return shorten_pull_backoff(run_clientapp, "pull_and_inflate_object_from_tree", max_time=RUNNER_PULL_MAX_S)

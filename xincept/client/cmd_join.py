@@ -32,6 +32,7 @@ def join(
                                                 "asks. Its fields and defaults: deploy/README.md (Site policy).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="XINCEPT_STATE_DIR", help="This site's state: its fixed split, query counts, privacy ledger, audit log (default ~/.local/state/xincept/SITE; keep it for the site's lifetime).")] = None,
     require_dp: Annotated[bool | None, typer.Option("--require-dp/--no-require-dp", help="Refuse every run without DP-SGD (policy require-dp; default: no).")] = None,
+    require_whole_model_dp: Annotated[bool | None, typer.Option("--require-whole-model-dp/--no-require-whole-model-dp", help="Refuse every run that is not whole-model DP, where everything this site sends is under its one epsilon (policy require-whole-model-dp; default: no).")] = None,
     require_secure_aggregation: Annotated[bool | None, typer.Option("--require-secure-aggregation/--no-require-secure-aggregation", help="Refuse every run whose head updates are not summed by secure aggregation (policy require-secure-aggregation; default: no).")] = None,
     max_epsilon: Annotated[float | None, typer.Option("--max-epsilon", help="Largest per-run DP epsilon accepted (policy max-epsilon; default 10).")] = None,
     lifetime_epsilon: Annotated[float | None, typer.Option("--lifetime-epsilon", help="Cap on epsilon over every DP training on this data set (policy lifetime-epsilon; default 10).")] = None,
@@ -64,6 +65,7 @@ def join(
     valid_site_name(site)
     rules = load_policy_file(policy) if policy else SitePolicy()
     overrides = {"require_dp": require_dp, "require_secure_aggregation": require_secure_aggregation,
+                 "require_whole_model_dp": require_whole_model_dp,
                  "max_epsilon": max_epsilon, "lifetime_epsilon": lifetime_epsilon, "min_cell_count": min_cell_count, "allow_fedsgd_without_dp": allow_fedsgd_without_dp,
                  "allow_outside_paths": allow_outside_paths or None}
     rules = replace(rules, **{k: v for k, v in overrides.items() if v is not None})

@@ -77,6 +77,10 @@ def _check_keys(message_type: str, cfg: dict[str, Any]) -> None:
 
 
 def _check_privacy(policy: SitePolicy, s: FedSettings, message_type: str) -> None:
+    if policy.require_whole_model_dp and s.dp_mode != "whole-model":
+        raise PolicyViolation("require-whole-model-dp", "this site takes part only in whole-model DP runs (every release "
+                              f"under one epsilon); the server asked for dp-mode {s.dp_mode!r}"
+                              + ("" if s.dp_epsilon > 0 else " without DP"))
     if policy.require_secure_aggregation and not s.secure_aggregation:
         raise PolicyViolation("require-secure-aggregation", "this site sends its head updates only through secure "
                               "aggregation; the server asked for a run without it (start it with --secure-aggregation)")

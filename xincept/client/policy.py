@@ -57,6 +57,7 @@ class SitePolicy:
 
     require_dp: bool = False  # every training message must carry DP-SGD (dp-epsilon > 0)
     require_secure_aggregation: bool = False  # every run must sum the head updates by secure aggregation
+    require_whole_model_dp: bool = False  # every run must be whole-model DP: everything that leaves under one epsilon
     max_epsilon: float = 10.0  # the largest per-run DP epsilon this site accepts
     delta: float = 1e-5  # the largest DP delta this site accepts
     lifetime_epsilon: float = 10.0  # all DP trainings on this site's data set together (the ledger), whatever the settings
@@ -165,6 +166,8 @@ def describe_fields() -> list[tuple[str, str, str]]:
         ("require-dp", str(d.require_dp).lower(), "refuse every run without DP-SGD (dp-epsilon > 0)"),
         ("require-secure-aggregation", str(d.require_secure_aggregation).lower(),
          "refuse every run whose head updates are not summed by secure aggregation (no unmasked update leaves)"),
+        ("require-whole-model-dp", str(d.require_whole_model_dp).lower(),
+         "refuse every run that is not whole-model DP (dp-mode whole-model: every release of the site under its epsilon)"),
         ("max-epsilon", f"{d.max_epsilon:g}", "largest per-run DP epsilon accepted"),
         ("delta", f"{d.delta:g}", "largest DP delta accepted"),
         ("lifetime-epsilon", f"{d.lifetime_epsilon:g}", "cap on epsilon over all runs on this data set (privacy ledger)"),

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POLL_FIRST_S, POLL_MAX_S = 0.005, 0.05
 NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE: Flower's reply for a site that went offline
+MESSAGE_UNAVAILABLE = 3  # flwr.common.constant.ErrorCode.MESSAGE_UNAVAILABLE: a reply whose arrays never arrived
 LIVENESS_EVERY_S = 2.0  # how often a wait checks that the sites it waits for are still connected
 
 
@@ -117,8 +118,8 @@ def collect_replies(grid: Grid, msgs: dict[int, Message], nodes: dict[int, str],
             if m.has_error():
                 if node in lost:
                     continue  # Flower's own error reply for a site already known to be gone
-                if m.error.code == NODE_UNAVAILABLE:  # Flower's: the site stopped sending heartbeats
-                    lost.append(node)
+                if m.error.code in (NODE_UNAVAILABLE, MESSAGE_UNAVAILABLE):  # Flower's: the site stopped sending
+                    lost.append(node)  # heartbeats, or its reply's arrays never arrived (it died while uploading them)
                     continue
                 raise FederationError(f"{message_type}: site {nodes[node]} failed: {short_reason(m.error.reason)}")
             replies[node] = m

@@ -132,8 +132,10 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
             replies = secure.replies
         else:
             replies = fed.ask("train.head", head_content(state, arrays, config=fed.config(**extra)))
+        # the replies' sites by name: under secure aggregation a site lost after its masked update still counts
+        names = secure.site_of if secure is not None else dict(nodes)
         if pending_val:
-            record_val({nodes[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
+            record_val({names[n]: dict(m.content["val"]) for n, m in replies.items()}, state)
             for m in replies.values():  # Flower's strategies aggregate replies of one MetricRecord
                 del m.content["val"]
         if secure is not None:
@@ -160,12 +162,12 @@ def run_head_rounds(fed: Federation, stats: list[tuple[np.ndarray, np.ndarray]],
             "member": member,
             "seconds": round(time.perf_counter() - tr, 3),
             "ended_at": round(time.time(), 3),  # wall clock (Unix time): lines a round up with other logs
-            "sites": sorted(nodes[n] for n in replies),  # who contributed (a site lost under a quorum is not here)
-            "train_loss": {nodes[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()
+            "sites": sorted(names[n] for n in replies),  # who contributed (a site lost under a quorum is not here)
+            "train_loss": {names[n]: float(m.content["metrics"]["train-loss"]) for n, m in replies.items()
                            if "train-loss" in m.content["metrics"]},
             "update_norm": norms,
             "rejected": sorted(rejected),
-            "privacy": {nodes[n]: {k.removeprefix("dp-"): float(v) for k, v in m.content["metrics"].items() if k.startswith("dp-")}
+            "privacy": {names[n]: {k.removeprefix("dp-"): float(v) for k, v in m.content["metrics"].items() if k.startswith("dp-")}
                         for n, m in replies.items() if "dp-epsilon" in m.content["metrics"]},
             **({"secure_aggregation": {"survivors": secure.survivors, "dropped": secure.dropped,
                                        "bytes_up": secure.bytes_up, "seconds": round(secure.seconds, 3)}} if secure else {}),

@@ -45,6 +45,7 @@ class SecureSum:
     dropped: list[str]
     bytes_up: dict[str, int]
     seconds: float
+    site_of: dict[int, str]  # the round's node ids and site names (a site lost later is no longer in the federation)
 
 
 def secure_sum(fed: Federation, message_type: str, content: RecordDict, extra: dict[str, Any],
@@ -96,7 +97,7 @@ def secure_sum(fed: Federation, message_type: str, content: RecordDict, extra: d
         log.warning("secure round %s: site(s) %s dropped before their masked input; the sum is the others'",
                     extra["server-round"], sorted(everyone[node_of[i]] for i in dropped))
     return SecureSum(total, masked, sorted(names[node_of[i]] for i in survivors),
-                     sorted(everyone[node_of[i]] for i in dropped), sent, time.perf_counter() - t0)
+                     sorted(everyone[node_of[i]] for i in dropped), sent, time.perf_counter() - t0, everyone)
 
 
 def secure_round(fed: Federation, head_request: RecordDict, extra: dict[str, Any], n_train: dict[str, int]) -> SecureSum:

@@ -4,7 +4,8 @@ The federation of `xincept-server simulate --sites 4 --partition P --test-fold K
 set's patient groups over 4 sites, each site's same grouped train / validation / test split of fold K), with the
 DP protocol of `--dp-mode whole-model` run in one process with the run mode's plan: every site releases its noisy
 class sums once, a noisy clipped gradient sum per step and its test split's two noisy counts (5% of the budget), and
-nothing else; each site's epsilon covers all of it. The accuracy below is the experimenters' exact count on the test
+nothing else; each site's epsilon covers all of it. Each site trains on its training and validation splits (the
+run mode validates nothing), the non-private linear head too. The accuracy below is the experimenters' exact count on the test
 images (the run mode reports it from the noisy counts, with their standard deviation). Rows with
 `secure_aggregation` false: each site adds all the noise its epsilon needs. Rows with true: the releases are summed
 by the secure-aggregation protocol (xincept.common.secagg, in process) and each of the 4 sites adds 1/sqrt(3) of the
@@ -48,7 +49,9 @@ def load(data: Path, weights_dir: Path | None, cache_dir: Path, backbone: str, i
 
 
 def site_splits(site, partition: str, fold: int, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per site: (training indices, ``split`` indices) into the whole data set, as `simulate --test-fold fold` has them."""
+    """Per site: (training indices, ``split`` indices) into the whole data set, as `simulate --test-fold fold` has them.
+    Scored on the test split, whole-model DP trains on the training and validation splits (the run mode's
+    ``training_images``); tuned on the validation split, on the training split alone."""
     from xincept.common.partition import partition_groups
     from xincept.common.splits import site_split
 
@@ -56,7 +59,8 @@ def site_splits(site, partition: str, fold: int, split: str) -> list[tuple[np.nd
     for idx in partition_groups(site.data.records, 4, partition, len(site.classes), SEED):
         idx = np.asarray(idx)
         sp = site_split(site.y[idx], [site.groups[i] for i in idx], TEST_FRACTION, VAL_FRACTION, SEED, fold)
-        out.append((idx[sp["train"]], idx[sp[split]]))
+        train = np.concatenate([sp["train"], sp["val"]]) if split == "test" else sp["train"]
+        out.append((idx[train], idx[sp[split]]))
     return out
 
 

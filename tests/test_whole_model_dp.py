@@ -152,6 +152,7 @@ def test_a_simulated_whole_model_dp_run_accounts_for_every_release(tmp_path: Pat
     assert model.booster is None and type(model.head).__name__ == "LinearProbe"
     report = (out / "report.md").read_text()
     assert "Differential privacy of the whole model" in report and "per-feature sums;" not in report
+    assert "Measured accuracy" in report and "(unit: one image)" in report
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert {e["message_type"] for e in entries} == {"query.join", "query.embed", "query.dp_stats", "train.dp_step",
                                                     "evaluate.head"}

@@ -119,6 +119,12 @@ def whole_model_section(metrics: dict[str, Any]) -> list[str]:
     out += ["", "Releases of each site (the same at every site): "
             + "; ".join(f"{r['what']}: {r['kind']}, {'noise multiplier' if r['kind'] == 'gaussian' else 'epsilon'} "
                         f"{r['noise']:.3g}, {r['count']} time(s)" for r in next(iter(privacy.values()))["releases"]) + ".", ""]
+    noise = metrics.get("global", {}).get("dp_noise")
+    if noise and noise.get("accuracy_sd") is not None:
+        out += [f"**Measured accuracy.** The federation measured its accuracy from each site's noisy numbers of correct "
+                f"predictions and of images (noise of standard deviation {noise['per_count_sd_per_site']:.2g} on each): that "
+                f"noise alone moves it by about {100 * noise['accuracy_sd']:.1f} points (one standard deviation), beside the "
+                "sampling error of the interval above. No per-class figure left any site.", ""]
     if metrics.get("privacy_scope"):
         out += [f"**What the epsilon covers.** {metrics['privacy_scope']}", ""]
     return out

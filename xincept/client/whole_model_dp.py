@@ -121,7 +121,7 @@ def gradient(local, w: np.ndarray, mean: np.ndarray, ledger_path: Path, lifetime
 
 def _capped(idx: np.ndarray, groups: list[str], cap: int) -> np.ndarray:
     """A mask over ``idx``: at most ``cap`` images of any patient group (the first ones), so that one patient moves
-    at most ``cap`` images of the confusion matrix."""
+    at most ``cap`` images of the test counts."""
     seen: dict[str, int] = {}
     keep = np.zeros(len(idx), dtype=bool)
     for pos, i in enumerate(idx):

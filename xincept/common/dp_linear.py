@@ -9,7 +9,9 @@ What a site releases, and nothing else (all under one accounting, :mod:`xincept.
   L2 norm 1, plus N(0, stats_noise^2) per coordinate: the server centres the features by their mean and normalises
   its steps by the count (no raw feature sums leave the site);
 - per step, the sum over its units of the head's loss gradient, each unit's gradient clipped to L2 norm ``clip``,
-  plus N(0, (sigma * clip)^2) per coordinate.
+  plus N(0, (sigma * clip)^2) per coordinate;
+- once, its test split's numbers of correct and wrong predictions plus N(0, counts_noise^2) each (:func:`site_plan`).
+Run as ``--dp-mode whole-model`` by xincept.client.whole_model_dp (sites) and xincept.server.dp_model (server).
 A unit is an image, or a patient group (``unit="patient"``: a group's contributions are summed, then clipped, so
 adding or removing a patient moves each release by at most its clipping norm). The features are scaled without any
 statistic (signed log, unit L2 norm per image and backbone), then centred by the released mean and brought back to

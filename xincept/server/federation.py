@@ -186,7 +186,7 @@ def run_federation(grid: Grid, settings: FedSettings, classes: list[str] | None 
 def run_whole_model_dp(fed: Federation, sites: list[Site], embed_stats: dict[str, dict[str, Any]], t0: float,
                        t_embed: float) -> dict[str, Any]:
     """Whole-model DP (xincept.server.dp_model): the linear head from the sites' noisy releases, scored by their noisy
-    test confusion matrices; every release of every site under its one (epsilon, delta)."""
+    test counts; every release of every site under its one (epsilon, delta)."""
     from xincept.common.dp_linear import accuracy_noise_sd
     from xincept.server.dp_model import train_whole_model_dp
 
@@ -217,7 +217,7 @@ def counts_noise(settings: FedSettings) -> float:
 def whole_model_privacy(settings: FedSettings, info: dict[str, Any], sites: list[str],
                         evaluated: list[str]) -> dict[str, dict[str, Any]]:
     """Each site's one (epsilon, delta) over every release it made (what its ledger recorded: the class sums, the
-    gradient steps it answered, its test confusion matrix), by the same accounting as at the site."""
+    gradient steps it answered, its two test counts), by the same accounting as at the site."""
     from xincept.common.dp_linear import COUNTS_WHAT
     from xincept.common.privacy_accounting import Release, statement
 

@@ -203,8 +203,8 @@ def _whole_model_problems(kind: str, request: Message, reply: Message, k: int | 
     problems = []
     if kind == "query.join":
         m = reply.content["metrics"]
-        if any(v != -1 for key in ("n-train", "n-val", "n-test", "n-groups") for v in [m.get(key)]) or \
-                any(c != -1 for c in m.get("counts", [])):
+        counts = [m.get(key) for key in ("n-train", "n-val", "n-test", "n-groups")] + list(m.get("counts", []))
+        if any(c != -1 for c in counts):
             problems.append(f"{kind}: counts must be withheld (-1) in a whole-model DP run")
     if kind == "query.embed" and (len(reply.content["sums"]) or any(
             reply.content["metrics"].get(key) != -1 for key in ("embedded-now", "num-examples"))):

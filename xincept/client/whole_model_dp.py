@@ -59,26 +59,19 @@ def _site(local, sigma: float) -> SiteDP:
                   np.random.default_rng(secrets.randbits(128)))
 
 
-def _one(planned: Release) -> Release:
-    return Release(planned.kind, planned.noise, 1, planned.what)
-
-
-def _planned_count(s: FedSettings, what: str) -> int:
-    return sum(r.count for r in plan_of(s)[1] if r.what == what)
-
-
-def spend(local, ledger_path: Path, release: Release, lifetime_epsilon: float = float("inf")) -> dict[str, float]:
-    """Record ``release`` in the ledger if the run's and the lifetime budgets allow it; the run's spent epsilon."""
+def spend(local, ledger_path: Path, planned: Release, lifetime_epsilon: float = float("inf")) -> dict[str, float]:
+    """Record one release of the ``planned`` kind in the ledger if the plan (at most ``planned.count`` of it), the
+    run's and the lifetime budgets allow it; returns the run's spent epsilon."""
     s = local.settings
     from xincept.client.task import dataset_id
 
+    release = Release(planned.kind, planned.noise, 1, planned.what)
     ledger = PrivacyLedger(ledger_path, dataset_id(local))
     key = run_key(s)
     run = ledger.releases(key) + [release]
-    made = sum(r.count for r in run if r.what == release.what)
-    if made > _planned_count(s, release.what):
+    if sum(r.count for r in run if r.what == release.what) > planned.count:
         raise BudgetSpent(f"site {local.name} refuses to release its {release.what} again: its plan for this run allows "
-                          f"{_planned_count(s, release.what)} (ledger {ledger.path}). A repeated release is a new one; a new "
+                          f"{planned.count} (ledger {ledger.path}). A repeated release is a new one; a new "
                           "budget needs the site's data protection officer")
     spent = epsilon_of(run, s.dp_delta)
     if spent > s.dp_epsilon * 1.001:
@@ -105,7 +98,7 @@ def class_sums(local, ledger_path: Path, lifetime_epsilon: float = float("inf"),
                share: float = 1.0) -> tuple[np.ndarray, dict[str, float]]:
     """The one release of noisy per-class sums and counts, (K, D + 1); ``share``: :func:`noise_share`."""
     sigma, planned = plan_of(local.settings)
-    spent = spend(local, ledger_path, _one(planned[0]), lifetime_epsilon)
+    spent = spend(local, ledger_path, planned[0], lifetime_epsilon)
     return _site(local, sigma * share).noisy_stats(), spent
 
 
@@ -113,7 +106,7 @@ def gradient(local, w: np.ndarray, mean: np.ndarray, ledger_path: Path, lifetime
              share: float = 1.0) -> tuple[np.ndarray, dict[str, float]]:
     """One noisy clipped gradient sum of the linear head at ``w`` on the features centred by ``mean``."""
     sigma, planned = plan_of(local.settings)
-    spent = spend(local, ledger_path, _one(planned[1]), lifetime_epsilon)
+    spent = spend(local, ledger_path, planned[1], lifetime_epsilon)
     site = _site(local, sigma * share)
     site.centre(mean)
     return site.noisy_gradient(w), spent
@@ -145,7 +138,7 @@ def test_counts(local, state: dict[str, torch.Tensor], split: str, ledger_path: 
     _, planned = plan_of(s)
     counts = planned[-1]
     assert counts.what == COUNTS_WHAT
-    spent = spend(local, ledger_path, _one(counts), lifetime_epsilon)
+    spent = spend(local, ledger_path, counts, lifetime_epsilon)
     idx = local.split[split]
     k = len(local.classes)
     cap = s.group_block if s.dp_unit == "patient" else 1

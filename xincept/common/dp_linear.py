@@ -20,6 +20,7 @@ unit norm. The server's update (momentum, weight decay) is post-processing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -208,15 +209,17 @@ COUNTS_WHAT = "test split: numbers of correct and wrong predictions"
 COUNTS_SHARE = 0.05  # the share of a whole-model DP budget (in RDP) spent on the test split's two counts
 
 
+@functools.lru_cache(maxsize=16)
 def site_plan(epsilon: float, delta: float, cfg: LinearDPConfig,
-              counts_share: float = COUNTS_SHARE) -> tuple[float, list[Release]]:
+              counts_share: float = COUNTS_SHARE) -> tuple[float, tuple[Release, ...]]:
     """(gradient noise multiplier, every release planned) for a site's whole budget: the class sums (``stats_share``
     of the training's loss), ``cfg.steps`` gradient sums, and the test split's numbers of correct and wrong predictions
-    (``counts_share`` of the whole loss; Gaussian, L2 sensitivity 1 per unit: a unit is one of the two counts)."""
+    (``counts_share`` of the whole loss; Gaussian, L2 sensitivity 1 per unit: a unit is one of the two counts).
+    Memoised: a site asks for its plan at every release, and the calibration is a bisection."""
     t_eq = cfg.steps / (1 - cfg.stats_share)
     sigma = calibrate_sigma(epsilon, delta, int(np.ceil(t_eq / (1 - counts_share))))
     counts_noise = sigma * float(np.sqrt((1 - counts_share) / (counts_share * t_eq)))
-    return sigma, releases(cfg, sigma, cfg.steps) + [Release("gaussian", counts_noise, 1, COUNTS_WHAT)]
+    return sigma, (*releases(cfg, sigma, cfg.steps), Release("gaussian", counts_noise, 1, COUNTS_WHAT))
 
 
 def noisy_test_counts(correct: int, wrong: int, noise: float, rng: np.random.Generator) -> tuple[int, int]:
@@ -241,7 +244,7 @@ def config_of(settings) -> LinearDPConfig:
     return LinearDPConfig(steps=settings.dp_steps, lr=settings.dp_lr, clip=settings.dp_max_grad_norm, unit=settings.dp_unit)
 
 
-def plan_of(settings) -> tuple[float, list[Release]]:
+def plan_of(settings) -> tuple[float, tuple[Release, ...]]:
     """(gradient noise multiplier, every release planned) of a whole-model DP run: the same at the server and at
     every site, from the settings alone."""
     return site_plan(settings.dp_epsilon, settings.dp_delta, config_of(settings))

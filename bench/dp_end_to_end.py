@@ -3,7 +3,7 @@
 The federation of `xincept-server simulate --sites 4 --partition P --test-fold K` (the same partition of the data
 set's patient groups over 4 sites, each site's same grouped train / validation / test split of fold K), with the
 DP protocol of `--dp-mode whole-model` run in one process with the run mode's plan: every site releases its noisy
-class sums once, a noisy clipped gradient sum per step and its test split's two noisy counts (5% of the budget), and
+feature sum and class counts once, a noisy clipped gradient sum per step and its test split's two noisy counts (5% of the budget), and
 nothing else; each site's epsilon covers all of it. Each site trains on its training and validation splits (the
 run mode validates nothing), the non-private linear head too. The accuracy below is the experimenters' exact count on the test
 images (the run mode reports it from the noisy counts, with their standard deviation). Rows with
@@ -14,7 +14,8 @@ see "trust" in the JSON). Accuracy is pooled over every fold's test images. The 
 it exists (the shipped model: fused head and XGBoost), and the same linear head trained without noise beside it.
 
 Hyperparameters (steps, learning rate) were chosen on the sites' validation splits at
-epsilon 3 (IID), never on the test folds: `--tune` prints that search.
+epsilon 3 (IID), never on the test folds: `--tune` prints that search at the given epsilons: the run mode's default steps
+(xincept.common.fedconfig.auto_dp_steps: 80 below epsilon 5, 160 from 5) come from it.
 
     python bench/dp_end_to_end.py --data ../shared/datasets/all4 --weights-dir W --cache-dir CACHE [--partition iid]
 """
@@ -105,20 +106,23 @@ def main() -> None:
     ap.add_argument("--partitions", default="iid,dirichlet:0.5")
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--seeds", type=int, default=3, help="noise draws per fold (the accuracy is pooled over them)")
-    ap.add_argument("--tune", action="store_true", help="print the validation-split search at epsilon 3 (IID) and stop")
+    ap.add_argument("--tune", action="store_true", help="print the validation-split search (IID, at --epsilons) and stop")
     args = ap.parse_args()
 
     from xincept.common.dp_linear import LinearDPConfig, scale_features
+    from xincept.common.fedconfig import auto_dp_steps
 
     site = load(args.data, args.weights_dir, args.cache_dir, args.backbone, args.input_size)
     x = scale_features([site.embeddings.base[b.name] for b in site.backbones])
     weights = "imagenet" if args.weights_dir else "random"
     base = LinearDPConfig()
-    if args.tune:
-        for steps in (20, 40, 80, 160):
-            for lr in (0.3, 1.0, 3.0):
-                r = pooled(x, site, "iid", 3.0, replace(base, steps=steps, lr=lr), "val", args.seeds)
-                print(json.dumps({"steps": steps, "lr": lr, "val_accuracy": round(r["accuracy"], 4)}), flush=True)
+    if args.tune:  # trained on the training splits, scored on the validation splits; never on a test fold
+        for eps in [float(e) for e in args.epsilons.split(",")]:
+            for steps in (80, 120, 160, 240):
+                cfg = replace(base, steps=steps)
+                r = pooled(x, site, "iid", eps, cfg, "val", args.seeds)
+                print(json.dumps({"epsilon": eps, "steps": steps, "lr": cfg.lr, "stats_share": cfg.stats_share,
+                                  "val_accuracy": round(r["accuracy"], 4)}), flush=True)
         return
     rows, t0 = [], time.time()
     for partition in args.partitions.split(","):
@@ -127,7 +131,7 @@ def main() -> None:
             for eps in [float(e) for e in args.epsilons.split(",")]:
                 if unit == "patient" and eps != 8:
                     continue
-                cfg = replace(base, unit=unit)
+                cfg = replace(base, unit=unit, steps=auto_dp_steps(eps))  # what `--dp-mode whole-model` runs
                 r = pooled(x, site, partition, eps, cfg, "test", args.seeds, distributed=secure)
                 rows.append({"epsilon": eps, "delta": DELTA, "unit": unit, "partition": partition, "secure_aggregation": secure,
                              "weights": f"{weights} ({args.backbone})", "accuracy": r["accuracy"], "n_test": r["n_test"],
@@ -139,7 +143,7 @@ def main() -> None:
                       f"(non-private linear {100 * plain:.1f}%)", file=sys.stderr, flush=True)
     print(strict_dumps({"protocol": "grouped 5-fold CV inside each of 4 simulated sites (simulate's partition and "
                         "splits), accuracy pooled over every fold's test images and the noise draws",
-                        "accounting": "per site, Renyi DP of every release (class sums and counts once, every gradient "
+                        "accounting": "per site, the exact composition of every release (all Gaussian: feature sum and class counts once, every gradient "
                         "step, the test split's two counts), xincept.common.privacy_accounting, the plan of "
                         "xincept.common.dp_linear.site_plan that `--dp-mode whole-model` sites follow", "seeds": args.seeds,
                         "trust": "secure_aggregation true: the server sees only the sum of the sites' releases (the "

@@ -277,7 +277,8 @@ def dp_end_to_end_section(d: dict) -> list[str]:
     if any(r["unit"] == "patient" for r in rows):
         lines += ["", "Patient level: the unit is a patient group (runs of 25 file numbers, as the splits group them), so "
                   "a site's training data holds a few dozen units, not hundreds of images: each unit's whole contribution is "
-                  "clipped to the norm one image gets, and the noise needed for the same epsilon swamps the signal."]
+                  "clipped to the norm one image gets, and the noise needed for the same epsilon costs most of the accuracy the "
+                  "image level keeps."]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for part in dict.fromkeys(r["partition"] for r in rows):
         color = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xincept.common.dp_linear import (LinearDPConfig, SiteDP, centred, clipped_class_sums, clipped_gradient_sum,
+from xincept.common.dp_linear import (LinearDPConfig, SiteDP, STATS_NORM, STATS_WHAT, centred, clipped_gradient_sum, clipped_stats,
                                       plan_sigma, predict_proba, releases, scale_features, train_linear_dp, unit_index)
 from xincept.common.privacy_accounting import epsilon_of
 
@@ -29,17 +29,19 @@ def test_scaling_uses_each_image_alone() -> None:
 
 
 @pytest.mark.parametrize("unit", ["image", "patient"])
-def test_one_unit_moves_the_class_sums_by_at_most_one(unit: str) -> None:
+def test_one_unit_moves_the_feature_sum_and_class_counts_by_at_most_their_norm(unit: str) -> None:
     x, y = _data()
     groups = [f"g{i // 3}" for i in range(len(y))]
     units = unit_index(len(y), groups, unit)
-    full = clipped_class_sums(x, y, units, 4)
-    assert full[:, -1].sum() <= len(np.unique(units)) + 1e-9
+    full = clipped_stats(x, y, units, 4)
+    assert full.shape == (x.shape[1] + 4,) and full[-4:].sum() <= STATS_NORM * len(np.unique(units)) + 1e-9
+    if unit == "image":  # an image's contribution is never clipped: exact mean and counts
+        assert np.allclose(full[:-4], x.sum(0)) and np.allclose(full[-4:], np.bincount(y, minlength=4))
     for u in np.unique(units)[:10]:
         keep = units != u
         _, remapped = np.unique(units[keep], return_inverse=True)
-        without = clipped_class_sums(x[keep], y[keep], remapped, 4)
-        assert np.linalg.norm(full - without) <= 1.0 + 1e-9
+        without = clipped_stats(x[keep], y[keep], remapped, 4)
+        assert np.linalg.norm(full - without) <= STATS_NORM + 1e-9
 
 
 @pytest.mark.parametrize("unit", ["image", "patient"])
@@ -49,13 +51,14 @@ def test_one_unit_moves_the_gradient_sum_by_at_most_the_clipping_norm(unit: str)
     units = unit_index(len(y), [f"g{i // 4}" for i in range(len(y))], unit)
     w = np.random.default_rng(2).normal(0, 1, (xc.shape[1], 4))
     full = clipped_gradient_sum(w, xc, y, units, 0.5)
+    assert full.shape == (xc.shape[1] - 1, 4)  # the weights only: the bias is fixed
     for u in np.unique(units)[:10]:
         keep = units != u
         _, remapped = np.unique(units[keep], return_inverse=True)
         assert np.linalg.norm(full - clipped_gradient_sum(w, xc[keep], y[keep], remapped, 0.5)) <= 0.5 + 1e-9
 
 
-def test_unclipped_gradient_is_the_cross_entropy_gradient() -> None:
+def test_unclipped_gradient_is_the_cross_entropy_gradient_of_the_weights() -> None:
     import torch
 
     x, y = _data(n=20)
@@ -63,7 +66,20 @@ def test_unclipped_gradient_is_the_cross_entropy_gradient() -> None:
     w = np.random.default_rng(3).normal(0, 0.1, (xc.shape[1], 4))
     wt = torch.tensor(w, requires_grad=True)
     torch.nn.functional.cross_entropy(torch.tensor(xc) @ wt, torch.tensor(y), reduction="sum").backward()
-    assert np.allclose(clipped_gradient_sum(w, xc, y, np.arange(len(y)), 1e6), wt.grad.numpy())
+    assert np.allclose(clipped_gradient_sum(w, xc, y, np.arange(len(y)), 1e6), wt.grad.numpy()[:-1])
+
+
+def test_the_bias_is_the_log_prior_of_the_released_counts_and_stays_fixed() -> None:
+    from xincept.common.dp_linear import ServerDP
+
+    x, y = _data(n=200)
+    server = ServerDP(x.shape[1], 4, LinearDPConfig())
+    mean = server.set_stats(clipped_stats(x, y, np.arange(len(y)), 4))
+    assert np.allclose(mean, x.mean(0)) and server.n_hat == len(y)
+    prior = np.log(np.bincount(y, minlength=4) / len(y))
+    assert np.allclose(server.w[-1], prior)
+    server.step(np.ones((x.shape[1], 4)))
+    assert np.allclose(server.w[-1], prior) and not np.allclose(server.w[:-1], 0)
 
 
 @pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])
@@ -72,8 +88,7 @@ def test_the_planned_noise_spends_the_budget_over_every_release(epsilon: float) 
     sigma = plan_sigma(cfg, epsilon, 1e-5)
     spent = epsilon_of(releases(cfg, sigma, cfg.steps), 1e-5)
     assert spent <= epsilon and spent == pytest.approx(epsilon, rel=0.02)
-    assert {r.what for r in releases(cfg, sigma, cfg.steps)} == {"class sums and counts of the scaled features",
-                                                                 "clipped gradient sums of the linear head"}
+    assert {r.what for r in releases(cfg, sigma, cfg.steps)} == {STATS_WHAT, "clipped gradient sums of the linear head"}
 
 
 def test_the_protocol_learns_and_noise_costs_accuracy_not_correctness() -> None:

@@ -508,7 +508,7 @@ def test_whole_model_dp_over_secure_aggregation_survives_a_site_killed_mid_run(t
     cfg = tmp_path / "fed.toml"
     cfg.write_text("group-block = 2\n")
     port, out = free_port(), tmp_path / "out"
-    server = _start(tmp_path, out, port, "--min-sites", "2", "--join-timeout", "120", "--config", str(cfg), "--dp-mode",
+    server = _start(tmp_path, out, port, "--min-sites", "2", "--expect-sites", "3", "--join-timeout", "120", "--config", str(cfg), "--dp-mode",
                     "whole-model", "--dp-epsilon", "6", "--dp-steps", "12", "--secure-aggregation")
     names = ["hospital-0", "hospital-1", "hospital-2"]
     sites = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,22 @@ def test_waiting_for_sites_is_bounded() -> None:
     assert wait_for_sites(_Grid([3, 1]), 2, timeout=1) == [1, 3]
     with pytest.raises(FederationError, match="only 1 of the required 3"):
         wait_for_sites(_Grid([1]), 3, timeout=1.5)
+
+
+def test_expected_sites_are_waited_for_then_the_run_starts_with_min_sites(caplog: pytest.LogCaptureFixture) -> None:
+    from xincept.common.errors import SettingError
+    from xincept.common.fedconfig import FedSettings
+    from xincept.server.federation import FederationError, wait_for_sites
+
+    grid = _Grid([1, 2])
+    t0 = time.monotonic()
+    assert wait_for_sites(grid, 2, timeout=1.0, expect=3) == [1, 2]  # waited the timeout for the third, then went on
+    assert time.monotonic() - t0 >= 1.0 and "2 of the 3 expected site(s) joined" in caplog.text
+    assert wait_for_sites(_Grid([5, 4, 6]), 2, timeout=60, expect=3) == [4, 5, 6]  # all there: no wait
+    with pytest.raises(FederationError, match="only 1 of the required 2"):
+        wait_for_sites(_Grid([1]), 2, timeout=1.0, expect=3)
+    with pytest.raises(SettingError, match="expect-sites 2 is below min-sites 3"):
+        FedSettings(min_sites=3, expect_sites=2)
 
 
 def test_node_config_and_supernode_command(tmp_path: Path) -> None:

@@ -155,10 +155,10 @@ def make_client_app(partition_dir: Path | None = None, extra_mods: list | None =
 
     @app.query("dp_stats")
     def dp_stats(msg: Message, context: Context) -> Message:
-        """Whole-model DP, once: noisy per-class sums and counts of the scaled training features."""
+        """Whole-model DP, once: the noisy feature sum and class counts of the scaled training features."""
         from xincept.client import whole_model_dp
 
-        return _dp_reply(msg, context, "stats", "sums", lambda local, facts, share: whole_model_dp.class_sums(
+        return _dp_reply(msg, context, "stats", "sums", lambda local, facts, share: whole_model_dp.feature_stats(
             local, facts.ledger, facts.policy.lifetime_epsilon, share))
 
     @app.train("dp_step")

@@ -37,7 +37,7 @@ ALLOWED: dict[str, dict[str, set[str] | None]] = {  # message type -> record nam
     "train.xgb": {"metrics": {"num-examples"}, "booster": {"json"}},
     "train.xgb_bagging": {"metrics": {"num-examples"}, "booster": {"json"}},
     "evaluate.head": {"metrics": COUNT_KEYS | {"dp-epsilon", "dp-delta"}},
-    # whole-model DP (xincept.client.whole_model_dp): noisy class sums once, a noisy gradient sum per step
+    # whole-model DP (xincept.client.whole_model_dp): a noisy feature sum and class counts once, a noisy gradient sum per step
     # (under secure aggregation the sum leaves masked instead: record masked, key update)
     "query.dp_stats": {"stats": {"sums"}, "metrics": {"dp-epsilon", "dp-delta"}, "masked": {"update"}},
     "train.dp_step": {"gradient": {"sum"}, "metrics": {"dp-epsilon", "dp-delta"}, "masked": {"update"}},
@@ -211,14 +211,14 @@ def _whole_model_problems(kind: str, request: Message, reply: Message, k: int | 
         problems.append(f"{kind}: no feature sums or counts leave in a whole-model DP run")
     if kind == "evaluate.head" and not set(reply.content["metrics"].keys()) <= WHOLE_MODEL_COUNTS:
         problems.append(f"{kind}: only the noisy confusion matrix leaves in a whole-model DP run")
-    if "stats" in reply.content:  # (classes, features + 1): per class its noisy sums and count
+    if "stats" in reply.content:  # (features + classes,): the noisy feature sum, then per class its count
         arr = reply.content.array_records["stats"].get("sums")
-        if arr is None or arr.dtype != "float64" or len(arr.shape) != 2 or (k is not None and arr.shape[0] != k):
-            problems.append(f"{kind}/stats: sums must be one float64 matrix with a row per class")
-    if "gradient" in reply.content:  # the shape of the weights the server sent
+        if arr is None or arr.dtype != "float64" or len(arr.shape) != 1 or (k is not None and arr.shape[0] <= k):
+            problems.append(f"{kind}/stats: sums must be one float64 vector: the feature sum, then one count per class")
+    if "gradient" in reply.content:  # the shape of the weights the server sent, without their (fixed) bias row
         arr, w = reply.content.array_records["gradient"].get("sum"), request.content.array_records["arrays"].get("w")
-        if arr is None or w is None or arr.dtype != "float64" or tuple(arr.shape) != tuple(w.shape):
-            problems.append(f"{kind}/gradient: sum must be one float64 matrix shaped like the weights sent")
+        if arr is None or w is None or arr.dtype != "float64" or tuple(arr.shape) != (w.shape[0] - 1, *w.shape[1:]):
+            problems.append(f"{kind}/gradient: sum must be one float64 matrix shaped like the weights sent, less their bias row")
     return problems
 
 

@@ -4,7 +4,8 @@ Everything this site releases in such a run is one of the releases its plan name
 ledger before it leaves and refused when it would spend more than the run's ``dp-epsilon`` or the site's lifetime
 budget:
 
-- once, its noisy per-class sums and counts of the scaled training features (the server centres the features);
+- once, its noisy feature sum and class counts of the scaled training features (the server centres the features and
+  fixes the head's bias at the log class prior);
 - per step, its noisy clipped gradient sum of the linear head (the server steps the shared weights);
 - its test split's numbers of correct predictions and of images under Gaussian noise (nothing else of the
   evaluation: no confusion matrix, loss or histograms).
@@ -28,7 +29,7 @@ from xincept.common.dp import BudgetSpent, PrivacyLedger
 from xincept.common.dp_linear import COUNTS_WHAT, SiteDP, config_of, noisy_test_counts, plan_of, scale_features, unit_index
 from xincept.common.fedconfig import FedSettings
 from xincept.common.model import select
-from xincept.common.privacy_accounting import ORDERS, Release, epsilon_of, rdp_to_dp
+from xincept.common.privacy_accounting import Release, epsilon_of
 
 
 def run_key(s: FedSettings) -> str:
@@ -78,7 +79,7 @@ def spend(local, ledger_path: Path, planned: Release, lifetime_epsilon: float = 
         raise BudgetSpent(f"site {local.name} refuses to release its {release.what}: the run's privacy budget (epsilon "
                           f"{s.dp_epsilon:g}, delta {s.dp_delta:g}) would be exceeded ({spent:.3f}; ledger {ledger.path}). "
                           "A repeated step is a new release; a new budget needs the site's data protection officer")
-    lifetime = rdp_to_dp(ledger.lifetime_rdp(ORDERS) + release.rdp(ORDERS), s.dp_delta)[0]
+    lifetime = ledger.lifetime_epsilon_with(release, s.dp_delta)
     if lifetime > lifetime_epsilon * 1.001:
         raise BudgetSpent(f"site {local.name} refuses to release its {release.what}: its lifetime privacy budget (epsilon "
                           f"{lifetime_epsilon:g} over every DP release on its data) would be exceeded ({lifetime:.3f}; ledger "
@@ -94,9 +95,9 @@ def noise_share(s: FedSettings, n_sites: int) -> float:
     return 1.0 / np.sqrt(s.secagg_threshold_for(n_sites)) if s.secure_aggregation else 1.0
 
 
-def class_sums(local, ledger_path: Path, lifetime_epsilon: float = float("inf"),
+def feature_stats(local, ledger_path: Path, lifetime_epsilon: float = float("inf"),
                share: float = 1.0) -> tuple[np.ndarray, dict[str, float]]:
-    """The one release of noisy per-class sums and counts, (K, D + 1); ``share``: :func:`noise_share`."""
+    """The one release of the noisy feature sum and class counts, (D + K,); ``share``: :func:`noise_share`."""
     sigma, planned = plan_of(local.settings)
     spent = spend(local, ledger_path, planned[0], lifetime_epsilon)
     return _site(local, sigma * share).noisy_stats(), spent

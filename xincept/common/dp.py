@@ -142,6 +142,17 @@ class PrivacyLedger:
                     total += Release(**r).rdp(orders)
         return total
 
+    def lifetime_epsilon_with(self, release, delta: float) -> float:
+        """The lifetime epsilon once ``release`` is made: everything in :meth:`lifetime_rdp` and it; exact where every
+        one is a whole-model Gaussian release (xincept.common.privacy_accounting.epsilon_of), else by RDP."""
+        from xincept.common.privacy_accounting import ORDERS, Release, epsilon_of, gaussian_mu, rdp_to_dp
+
+        made = [Release(**r) for runs in self._read().get("releases", {}).values() for entry in runs.values()
+                for r in entry.values()] + [release]
+        if not any(steps > 0 for _, _, steps in self.histories()) and gaussian_mu(made) is not None:
+            return epsilon_of(made, delta)
+        return rdp_to_dp(self.lifetime_rdp(ORDERS) + release.rdp(ORDERS), delta)[0]
+
     def add_release(self, key: str, release) -> list:
         """Record ``release`` (counts add up per kind, noise and purpose) in run ``key``; returns the run's releases."""
         doc = self._read()

@@ -5,17 +5,24 @@ Why this and not DP-SGD on the fused head: with good frozen features a linear pr
 of each step against the signal of ~2,000 images, not a batch of 32 (bench/dp_end_to_end.py measures both).
 
 What a site releases, and nothing else (all under one accounting, :mod:`xincept.common.privacy_accounting`):
-- once, per class the sum of its units' scaled features and the number of units, each unit's contribution clipped to
-  L2 norm 1, plus N(0, stats_noise^2) per coordinate: the server centres the features by their mean and normalises
-  its steps by the count (no raw feature sums leave the site);
-- per step, the sum over its units of the head's loss gradient, each unit's gradient clipped to L2 norm ``clip``,
-  plus N(0, (sigma * clip)^2) per coordinate;
+- once, the sum of its units' scaled features and per class its number of units, each unit's contribution clipped to
+  L2 norm sqrt(2) (an image's features have norm 1, its class count 1: nothing of an image is clipped), plus
+  N(0, (sqrt(2) stats_noise)^2) per coordinate: the server centres the features by their mean, normalises its steps
+  by the number of units and fixes the head's bias at the log class prior (no per-class feature sums leave the site);
+- per step, the sum over its units of the loss gradient of the head's weights (not of its bias: fixed, it costs no
+  clipping norm and carries no noise), each unit's gradient clipped to L2 norm ``clip``, plus N(0, (sigma * clip)^2)
+  per coordinate;
 - once, its test split's numbers of correct and wrong predictions plus N(0, counts_noise^2) each (:func:`site_plan`).
 Run as ``--dp-mode whole-model`` by xincept.client.whole_model_dp (sites) and xincept.server.dp_model (server).
 A unit is an image, or a patient group (``unit="patient"``: a group's contributions are summed, then clipped, so
 adding or removing a patient moves each release by at most its clipping norm). The features are scaled without any
 statistic (signed log, unit L2 norm per image and backbone), then centred by the released mean and brought back to
 unit norm. The server's update (momentum, weight decay) is post-processing.
+
+Why the bias is not trained: with a constant feature of 1 beside features of norm 1, half of every image's squared
+gradient norm went to the bias, so clipping at the same norm kept only 1/sqrt(2) of the features' signal against the
+same noise; the log prior from the released counts is free (post-processing). On the sites' validation splits (IID,
+epsilon 3, 80 steps, 3 noise draws x 5 folds) accuracy went from 93.3% to 94.6% with distributed noise.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ class LinearDPConfig:
     lr: float = 1.0  # per step, on the noisy mean gradient
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    stats_share: float = 0.25  # the share of the privacy loss (in RDP) spent on the one release of class sums
+    stats_share: float = 0.125  # the share of the privacy loss (in 1 / noise^2) spent on the one release of the feature sum and class counts
     unit: str = "image"
 
     def describe(self) -> dict:
@@ -78,33 +85,36 @@ def _per_unit(units: np.ndarray) -> bool:
     return len(units) == 0 or np.array_equal(units, np.arange(len(units)))
 
 
-def clipped_class_sums(x: np.ndarray, y: np.ndarray, units: np.ndarray, n_classes: int) -> np.ndarray:
-    """(K, D + 1): per class, the sum of its units' features and (last column) the number of its units; each unit's
-    whole contribution (its features' sum and its count) clipped to L2 norm 1."""
-    rows = np.zeros((len(y), n_classes, x.shape[1] + 1))
-    rows[np.arange(len(y)), y, :-1] = x
-    rows[np.arange(len(y)), y, -1] = 1.0
+STATS_NORM = float(np.sqrt(2.0))  # an image's [features (norm 1), one-hot class]: its stats contribution's norm
+
+
+def clipped_stats(x: np.ndarray, y: np.ndarray, units: np.ndarray, n_classes: int) -> np.ndarray:
+    """(D + K,): the sum of the units' features and (last K) per class the number of its units; each unit's whole
+    contribution (its features' sum and its class counts) clipped to L2 norm :data:`STATS_NORM`."""
+    rows = np.concatenate([x, np.eye(n_classes)[y]], axis=1)
     if _per_unit(units):
-        contrib = rows.reshape(len(y), -1)
+        contrib = rows
     else:
-        contrib = np.zeros((int(units.max()) + 1, rows[0].size))
-        np.add.at(contrib, units, rows.reshape(len(y), -1))
+        contrib = np.zeros((int(units.max()) + 1, rows.shape[1]))
+        np.add.at(contrib, units, rows)
     norms = np.linalg.norm(contrib, axis=1, keepdims=True)
-    contrib = contrib * np.minimum(1.0, 1.0 / np.maximum(norms, 1e-12))
-    return contrib.sum(0).reshape(n_classes, -1)
+    contrib = contrib * np.minimum(1.0, STATS_NORM / np.maximum(norms, 1e-12))
+    return contrib.sum(0)
 
 
 def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, units: np.ndarray, clip: float) -> np.ndarray:
-    """Sum over units of the softmax cross-entropy gradient w.r.t. ``w`` (D x K), each unit's gradient (the sum over
-    its images) clipped to L2 norm ``clip``."""
+    """Sum over units of the softmax cross-entropy gradient w.r.t. the weights ``w[:-1]`` ((D, K); the bias row
+    ``w[-1]`` is fixed), each unit's gradient (the sum over its images) clipped to L2 norm ``clip``. ``x``: the
+    centred features with their constant last column (:func:`centred`)."""
     p = softmax(x @ w)
     p[np.arange(len(y)), y] -= 1.0  # dL/dlogits
+    x = x[:, :-1]
     if _per_unit(units):
         # per image: ||x_i (p_i - y_i)^T||_F = ||x_i|| ||p_i - y_i||
         norms = np.linalg.norm(x, axis=1) * np.linalg.norm(p, axis=1)
         scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
         return x.T @ (p * scale[:, None])
-    total = np.zeros_like(w)
+    total = np.zeros((x.shape[1], w.shape[1]))
     for u in np.unique(units):
         m = units == u
         g = x[m].T @ p[m]
@@ -126,9 +136,9 @@ class SiteDP:
     _xc: np.ndarray | None = None
 
     def noisy_stats(self) -> np.ndarray:
-        """The one release of class sums and counts (K x (D + 1)), with noise."""
-        s = clipped_class_sums(self.x, self.y, self.units, self.n_classes)
-        return s + self.rng.normal(0.0, stats_noise(self.cfg, self.sigma), size=s.shape)
+        """The one release of the feature sum and the class counts ((D + K,)), with noise."""
+        s = clipped_stats(self.x, self.y, self.units, self.n_classes)
+        return s + self.rng.normal(0.0, STATS_NORM * stats_noise(self.cfg, self.sigma), size=s.shape)
 
     def centre(self, mean: np.ndarray) -> None:
         self._xc = centred(self.x, mean)
@@ -141,24 +151,28 @@ class SiteDP:
 
 
 def stats_noise(cfg: LinearDPConfig, sigma: float) -> float:
-    """The class sums' noise (clipping norm 1) that spends ``stats_share`` of what the steps and it spend together:
-    Gaussian RDP is linear in 1 / noise^2, so 1 / s^2 = share / (1 - share) * steps / sigma^2."""
+    """The noise multiplier of the feature sum and class counts (over their clipping norm) that spends ``stats_share``
+    of what the steps and it spend together: Gaussian releases compose by adding 1 / noise^2 (exactly, and in RDP), so
+    1 / s^2 = share / (1 - share) * steps / sigma^2."""
     if sigma <= 0:
         return 0.0
     return sigma * float(np.sqrt((1 - cfg.stats_share) / (cfg.stats_share * cfg.steps)))
 
 
 def plan_sigma(cfg: LinearDPConfig, epsilon: float, delta: float, other: list[Release] = ()) -> float:
-    """The gradient noise multiplier that spends (epsilon, delta) over ``cfg.steps`` steps, the class sums (at
+    """The gradient noise multiplier that spends (epsilon, delta) over ``cfg.steps`` steps, the feature sum and class counts (at
     ``stats_share`` of the loss) and ``other``: the steps and the sums are one Gaussian mechanism of
     ``steps / (1 - share)`` releases at this multiplier."""
     equivalent_steps = cfg.steps / (1 - cfg.stats_share)
     return calibrate_sigma(epsilon, delta, int(np.ceil(equivalent_steps)), list(other))
 
 
+STATS_WHAT = "feature sum and class counts of the scaled features"
+
+
 def releases(cfg: LinearDPConfig, sigma: float, steps_taken: int) -> list[Release]:
-    """What a site released: the class sums once and ``steps_taken`` gradient sums."""
-    return [Release("gaussian", stats_noise(cfg, sigma), 1, "class sums and counts of the scaled features"),
+    """What a site released: the feature sum and class counts once and ``steps_taken`` gradient sums."""
+    return [Release("gaussian", stats_noise(cfg, sigma), 1, STATS_WHAT),
             Release("gaussian", sigma, steps_taken, "clipped gradient sums of the linear head")]
 
 
@@ -172,14 +186,20 @@ class ServerDP:
         self.n_hat = 1.0
 
     def set_stats(self, total: np.ndarray) -> np.ndarray:
-        """The feature mean the sites centre by, from the sum of their noisy class sums and counts."""
-        self.n_hat = max(1.0, float(total[:, -1].sum()))
-        return total[:, :-1].sum(0) / self.n_hat
+        """The feature mean the sites centre by, from the sum of their noisy feature sums and class counts; fixes the
+        bias at the log class prior of the noisy counts."""
+        dim, k = self.w.shape[0] - 1, self.w.shape[1]
+        counts = np.maximum(total[dim:dim + k], 1.0)
+        self.n_hat = max(1.0, float(total[dim:dim + k].sum()))
+        self.w[-1] = np.log(counts / counts.sum())
+        return total[:dim] / self.n_hat
 
     def step(self, total: np.ndarray) -> None:
-        """One momentum step on the sum of the sites' noisy gradient sums (normalised by the released count)."""
-        self.v = self.cfg.momentum * self.v + total / self.n_hat + self.cfg.weight_decay * self.w
-        self.w = self.w - self.cfg.lr * self.v
+        """One momentum step of the weights (not the bias) on the sum of the sites' noisy gradient sums (D x K),
+        normalised by the released count."""
+        w = self.w[:-1]
+        self.v[:-1] = self.cfg.momentum * self.v[:-1] + total / self.n_hat + self.cfg.weight_decay * w
+        self.w[:-1] = w - self.cfg.lr * self.v[:-1]
 
 
 def plain_sum(parts: list[np.ndarray]) -> np.ndarray:
@@ -206,13 +226,13 @@ def predict_proba(w: np.ndarray, mean: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 COUNTS_WHAT = "test split: numbers of correct and wrong predictions"
-COUNTS_SHARE = 0.05  # the share of a whole-model DP budget (in RDP) spent on the test split's two counts
+COUNTS_SHARE = 0.05  # the share of a whole-model DP budget (in 1 / noise^2) spent on the test split's two counts
 
 
 @functools.lru_cache(maxsize=16)
 def site_plan(epsilon: float, delta: float, cfg: LinearDPConfig,
               counts_share: float = COUNTS_SHARE) -> tuple[float, tuple[Release, ...]]:
-    """(gradient noise multiplier, every release planned) for a site's whole budget: the class sums (``stats_share``
+    """(gradient noise multiplier, every release planned) for a site's whole budget: the feature sum and class counts (``stats_share``
     of the training's loss), ``cfg.steps`` gradient sums, and the test split's numbers of correct and wrong predictions
     (``counts_share`` of the whole loss; Gaussian, L2 sensitivity 1 per unit: a unit is one of the two counts).
     Memoised: a site asks for its plan at every release, and the calibration is a bisection."""
@@ -299,5 +319,5 @@ def is_probe_state(state: dict) -> bool:
     return "probe.weight" in state
 
 
-__all__ = ["LinearDPConfig", "LinearProbe", "config_of", "is_probe_state", "plan_of", "site_plan", "SiteDP", "ServerDP", "UNITS", "clipped_class_sums", "clipped_gradient_sum", "plan_sigma",
+__all__ = ["LinearDPConfig", "LinearProbe", "config_of", "is_probe_state", "plan_of", "site_plan", "SiteDP", "ServerDP", "UNITS", "clipped_gradient_sum", "clipped_stats", "plan_sigma",
            "predict_proba", "releases", "scale_features", "train_linear_dp", "unit_index"]

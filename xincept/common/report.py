@@ -72,7 +72,7 @@ def federation_sections(metrics: dict[str, Any]) -> list[str]:
                 f"- Validation counts: {d['description']}; {d['withheld_cells']} cell(s) of the pooled test matrices were withheld. "
                 "Every metric comes from released counts only: one whose inputs were withheld is shown as withheld, never "
                 "computed as if they were zero (accuracy uses the exact totals, which are always released).",
-                ("- Training (whole-model DP): noisy per-class sums and counts once, a noisy clipped gradient sum per "
+                ("- Training (whole-model DP): a noisy feature sum and class counts once, a noisy clipped gradient sum per "
                  "step, and no count at join; nothing else. No image, feature, embedding, per-image label or prediction, "
                  "or file name." if metrics.get("whole_model_dp") else
                  "- Training: fused-head weights and per-feature sums; XGBoost: gradient histograms or trees. No image, "
@@ -108,8 +108,8 @@ def whole_model_section(metrics: dict[str, Any]) -> list[str]:
     privacy = metrics["privacy"]
     unit = next(iter(privacy.values()))["unit"]
     out = [f"## Differential privacy of the whole model (unit: one {unit})", "",
-           f"Each site's epsilon below covers every release that left it in this run (Renyi DP composition, the same "
-           f"accounting at the site, whose ledger refuses anything beyond its budget). Linear head, {wm['steps']} "
+           f"Each site's epsilon below covers every release that left it in this run (the exact composition of its Gaussian "
+           f"releases, the same accounting at the site, whose ledger refuses anything beyond its budget). Linear head, {wm['steps']} "
            f"full-batch gradient steps, noise multiplier {wm['noise_multiplier']:.2f} on clipping norm "
            f"{wm['config']['clip']:g}.", "",
            "| site | epsilon | delta | budget | gradient steps released |", "|---|---|---|---|---|"]

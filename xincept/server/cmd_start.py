@@ -21,7 +21,8 @@ def start(
     strategy: StrategyOpt = None,
     xgb_mode: XgbModeOpt = None,
     min_sites: Annotated[int | None, setting_option("min_sites", "--min-sites", help="Sites that must join before training starts.")] = None,
-    join_timeout: Annotated[float | None, setting_option("join_timeout", "--join-timeout", help="Seconds to wait for --min-sites sites; then exit non-zero.")] = None,
+    expect_sites: Annotated[int | None, setting_option("expect_sites", "--expect-sites", help="Sites to wait for (up to --join-timeout) before training starts; 0: --min-sites. Once started, the run goes on while --min-sites remain.")] = None,
+    join_timeout: Annotated[float | None, setting_option("join_timeout", "--join-timeout", help="Seconds to wait for --expect-sites sites; then start with those joined, or exit non-zero if fewer than --min-sites.")] = None,
     round_timeout: Annotated[float | None, setting_option("round_timeout", "--round-timeout", help="Seconds to wait for the sites' replies to one message (a round, the embedding, the XGBoost phase); then stop naming the sites that did not answer.")] = None,
     tls_dir: Annotated[Path | None, typer.Option("--tls-dir", help="Folder with ca.crt, server.pem, server.key (see `xincept-server keys`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (testing only).")] = False,
@@ -61,7 +62,7 @@ def start(
     advertised = public_host or host
     if advertised in ("0.0.0.0", "::"):
         raise SettingError("--host listens on every interface: give --public-host NAME, the address sites use to reach this server")
-    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites,
+    values = given_options(dict(rounds=rounds, local_epochs=local_epochs, strategy=strategy, min_sites=min_sites, expect_sites=expect_sites,
                                 join_timeout=join_timeout, round_timeout=round_timeout, resume=resume, xgb_mode=xgb_mode, loso=loso, disclosure=disclosure,
                                 min_cell_count=min_cell_count, dp_epsilon=dp_epsilon, dp_delta=dp_delta, backbones=backbones,
                                 dp_mode=dp_mode, dp_unit=dp_unit, dp_steps=dp_steps,

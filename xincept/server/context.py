@@ -152,12 +152,18 @@ def short_reason(reason: str) -> str:
     return (lines[-1] if lines else reason).rstrip("'>")
 
 
-def wait_for_sites(grid: Grid, min_sites: int, timeout: float) -> list[int]:
-    """Node ids once ``min_sites`` have connected; a clear error after ``timeout`` seconds, never a hang."""
+def wait_for_sites(grid: Grid, min_sites: int, timeout: float, expect: int = 0) -> list[int]:
+    """Node ids once ``expect`` sites (at least ``min_sites``) have connected, or once ``timeout`` seconds have passed
+    with ``min_sites`` of them; a clear error after ``timeout`` seconds with fewer, never a hang."""
     deadline = time.monotonic() + timeout
+    want = max(expect, min_sites)
     while True:
         nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= min_sites:
+        if len(nodes) >= want:
+            return nodes
+        if time.monotonic() > deadline and len(nodes) >= min_sites:
+            log.warning("%d of the %d expected site(s) joined within %.0f s: starting with them (--min-sites %d)",
+                        len(nodes), want, timeout, min_sites)
             return nodes
         if time.monotonic() > deadline:
             raise FederationError(

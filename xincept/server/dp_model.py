@@ -1,9 +1,9 @@
 """Whole-model DP at the server (``dp-mode whole-model``): the linear head by full-batch DP gradient descent over
 the sites (xincept.common.dp_linear), from their noisy releases only.
 
-One ``query.dp_stats`` (each site's noisy class sums and counts: the feature mean to centre by, the number of
-images to normalise by), then ``dp-steps`` ``train.dp_step`` messages (the weights and the mean out, each site's
-noisy clipped gradient sum back). Everything the server does with them is post-processing. A site that drops out
+One ``query.dp_stats`` (each site's noisy feature sum and class counts: the feature mean to centre by, the number
+of images to normalise by, the log class prior that is the head's fixed bias), then ``dp-steps`` ``train.dp_step``
+messages (the weights and the mean out, each site's noisy clipped gradient sum of the weights back). Everything the server does with them is post-processing. A site that drops out
 leaves the later sums without it (the run goes on above --min-sites, as in the head rounds).
 """
 
@@ -59,7 +59,7 @@ def train_whole_model_dp(fed: Federation, in_dims: list[int]) -> tuple[dict[str,
     secure: dict[str, Any] = {}
     dim = sum(in_dims)
     total, replies = _release_sum(fed, "query.dp_stats", RecordDict(), {"server-round": 0}, "stats", "sums",
-                                  (k, dim + 1), secure)
+                                  (dim + k,), secure)
     spent_by_site(replies, spent)
     server = ServerDP(dim, k, cfg)
     mean = server.set_stats(total)
@@ -67,11 +67,11 @@ def train_whole_model_dp(fed: Federation, in_dims: list[int]) -> tuple[dict[str,
              len(replies), sigma, " (shared among the sites, summed by secure aggregation)" if secure else "", cfg.steps,
              server.n_hat, cfg.unit)
     sites_per_step = []
-    steps_by_site = {site: 0 for site in replies}  # who released its class sums, and how many steps each
+    steps_by_site = {site: 0 for site in replies}  # who released its feature sum, and how many steps each
     for step in range(1, cfg.steps + 1):
         content = RecordDict({"arrays": ArrayRecord({"w": Array(server.w), "mean": Array(mean)})})
         total, replies = _release_sum(fed, "train.dp_step", content, {"dp-step": step, "server-round": step}, "gradient",
-                                      "sum", server.w.shape, secure)
+                                      "sum", server.w[:-1].shape, secure)
         spent_by_site(replies, spent)
         server.step(total)
         sites_per_step.append(len(replies))

@@ -216,7 +216,7 @@ def counts_noise(settings: FedSettings) -> float:
 
 def whole_model_privacy(settings: FedSettings, info: dict[str, Any], sites: list[str],
                         evaluated: list[str]) -> dict[str, dict[str, Any]]:
-    """Each site's one (epsilon, delta) over every release it made (what its ledger recorded: the class sums, the
+    """Each site's one (epsilon, delta) over every release it made (what its ledger recorded: the feature sum and class counts, the
     gradient steps it answered, its two test counts), by the same accounting as at the site."""
     from xincept.common.dp_linear import COUNTS_WHAT
     from xincept.common.privacy_accounting import Release, statement
@@ -256,7 +256,7 @@ def resume_point(settings: FedSettings) -> Checkpoint | None:
 
 def join(grid: Grid, settings: FedSettings, classes_hint: list[str] | None) -> tuple[Federation, list[Site]]:
     """Wait for the sites, learn their names and facts, and check they can train together."""
-    node_ids = wait_for_sites(grid, settings.min_sites, settings.join_timeout)
+    node_ids = wait_for_sites(grid, settings.min_sites, settings.join_timeout, settings.expect_sites)
     hello = Federation(grid, {n: f"node-{n}" for n in node_ids}, settings, classes_hint)
     replies = hello.ask("query.join", RecordDict({"config": hello.config()}), settings.join_timeout)
     sites = []

@@ -316,7 +316,7 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
         wait_port(opts.host if opts.host not in ("0.0.0.0", "::") else LOOPBACK, opts.port, 60, procs["Fleet gateway"])
         log.info("Fleet API on %s:%d (%s) for the sites; SuperLink and its Control and Runtime APIs on %s:%d only; "
                  "waiting for %d site(s) for up to %.0f s", opts.host, opts.port, "insecure" if opts.insecure else "TLS",
-                 LOOPBACK, opts.control_port, settings.min_sites, settings.join_timeout)
+                 LOOPBACK, opts.control_port, max(settings.expect_sites, settings.min_sites), settings.join_timeout)
         cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]
         procs["flwr run"] = runner = subprocess.Popen(cmd, env=env, cwd=state, stdout=sys.stderr, stderr=subprocess.STDOUT,
                                                        start_new_session=True, preexec_fn=die_with_parent)

@@ -206,7 +206,15 @@ def _own_processes(pid: int, marker: str) -> list[str]:
     from xincept.common.processes import descendants
 
     below = set(descendants(pid))
-    return [" ".join(args)[:200] for p, args in _live_processes() if p in below or marker in " ".join(args)]
+    return [" ".join(args)[:200] for p, args in _live_processes() if p in below or marker in " ".join(args)
+            or _cwd(p).startswith(marker)]  # Flower's flwr-serverapp runs in the SuperLink's folder under --out
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def test_sigterm_stops_every_child_of_start_and_a_second_start_works_at_once(tmp_path: Path) -> None:

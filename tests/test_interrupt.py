@@ -62,3 +62,34 @@ def test_sigint_stops_fast_keeps_the_checkpoint_and_the_run_resumes(tmp_path: Pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, 61))  # the interrupted rounds are kept, none redone
+
+
+def test_a_process_left_without_its_parent_exits_on_its_own(tmp_path: Path) -> None:
+    """The ServerApp's guard (xincept.common.processes.exit_when_orphaned): a child that ignores SIGINT and SIGTERM,
+    as Flower's flwr-serverapp does while it retries to reach a dead SuperLink, still ends once its parent is killed."""
+    pid_file = tmp_path / "child.pid"
+    child = (f"import os, signal, time; from xincept.common.processes import exit_when_orphaned; "
+             f"signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"exit_when_orphaned(grace_s=0.2, poll_s=0.05); open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+             f"time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, "
+                               f"'-c', {child!r}]); time.sleep(120)"])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+    finally:
+        parent.kill()
+        if pid_file.is_file() and pid_file.read_text():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +59,26 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def exit_when_orphaned(grace_s: float = 5.0, poll_s: float = 0.5) -> threading.Thread:
+    """End this process ``grace_s`` seconds after its parent dies (it is re-parented), from a daemon thread.
+
+    For the ServerApp in Flower's flwr-serverapp: when the SuperExec that started it is killed with the coordinator
+    (SIGKILL, a crash), Flower's own parent monitor sends it SIGINT, and its exit path then retries, without end, to
+    report to the SuperLink that died with it; the process stayed, holding the run's memory, until someone killed it.
+    Its checkpoints are written atomically, so exiting at once loses nothing."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="exit-when-orphaned")
+    thread.start()
+    return thread
 
 
 def die_with_parent() -> None:

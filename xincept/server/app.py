@@ -29,8 +29,10 @@ def make_server_app(settings: FedSettings | None = None, classes: list[str] | No
         if settings is None:  # deployed (flwr-serverapp): the operator follows the rounds in `xincept-server start`'s output
             from xincept import flower_compat
             from xincept.common.cli import log_xincept_to_stderr
+            from xincept.common.processes import exit_when_orphaned
 
             log_xincept_to_stderr()
+            exit_when_orphaned()  # not one process left behind when the coordinator is killed
             flower_compat.apply("serverapp")  # the grid's object pulls: milliseconds, not Flower's 1 s, 2 s ... backoff
         run_settings = settings or FedSettings.from_flat(dict(context.run_config))
         status = Path(run_settings.out_dir) / "status.json"

@@ -129,26 +129,27 @@ class PrivacyLedger:
         whole-model release, of every data set (the conservative lifetime: one patient may be in several)."""
         from opacus.accountants.analysis.rdp import compute_rdp
 
-        from xincept.common.privacy_accounting import Release
-
-        doc = self._read()
         total = np.zeros(len(orders))
         for sigma, q, steps in self.histories():
             if steps > 0:
                 total += np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)))
-        for runs in doc.get("releases", {}).values():
-            for entry in runs.values():
-                for r in entry.values():
-                    total += Release(**r).rdp(orders)
+        for r in self.whole_model_releases():
+            total += r.rdp(orders)
         return total
+
+    def whole_model_releases(self) -> list:
+        """Every whole-model DP release in the file, of every data set and run."""
+        from xincept.common.privacy_accounting import Release
+
+        return [Release(**r) for runs in self._read().get("releases", {}).values() for entry in runs.values()
+                for r in entry.values()]
 
     def lifetime_epsilon_with(self, release, delta: float) -> float:
         """The lifetime epsilon once ``release`` is made: everything in :meth:`lifetime_rdp` and it; exact where every
         one is a whole-model Gaussian release (xincept.common.privacy_accounting.epsilon_of), else by RDP."""
-        from xincept.common.privacy_accounting import ORDERS, Release, epsilon_of, gaussian_mu, rdp_to_dp
+        from xincept.common.privacy_accounting import ORDERS, epsilon_of, gaussian_mu, rdp_to_dp
 
-        made = [Release(**r) for runs in self._read().get("releases", {}).values() for entry in runs.values()
-                for r in entry.values()] + [release]
+        made = self.whole_model_releases() + [release]
         if not any(steps > 0 for _, _, steps in self.histories()) and gaussian_mu(made) is not None:
             return epsilon_of(made, delta)
         return rdp_to_dp(self.lifetime_rdp(ORDERS) + release.rdp(ORDERS), delta)[0]

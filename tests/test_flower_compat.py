@@ -114,6 +114,23 @@ def test_a_pull_keeps_flowers_tries_and_backs_off_quickly_first() -> None:
     assert len(tries) - before == 1
 
 
+def test_a_run_that_ends_while_its_message_is_received_fails_the_receive_like_any_failed_pull() -> None:
+    """Flower's RunNotRunningException is a BaseException: its SuperNode's receive ignores the message but leaves the
+    task open, and the site's runner waits for arrays that never come. Wrapped, it is an Exception, which the
+    receive's own clean-up catches (message, objects and task dropped)."""
+    from flwr.supercore.run import RunNotRunningException
+
+    def pull(ids, pull_object_fn):
+        raise RunNotRunningException
+
+    module = types.SimpleNamespace(pull_objects=pull, RunNotRunningException=RunNotRunningException)
+    assert fc.run_end_as_failure(module, "pull_objects") and not fc.run_end_as_failure(module, "pull_objects")
+    with pytest.raises(fc.RunEndedWhileReceiving, match="the run ended"):
+        module.pull_objects([], lambda oid: b"")
+    assert issubclass(fc.RunEndedWhileReceiving, Exception)
+    assert not fc.run_end_as_failure(types.SimpleNamespace(pull_objects=pull), "pull_objects")  # no such exception there
+
+
 def test_flowers_tested_release_still_has_what_the_module_changes() -> None:
     """Fails when a Flower upgrade moves what flower_compat changes (it would then change nothing on that release)."""
     import inspect
@@ -125,6 +142,8 @@ def test_flowers_tested_release_still_has_what_the_module_changes() -> None:
     assert fc.is_tested()  # pyproject pins flwr to a tested release
     src = inspect.getsource(sci)
     assert "time.sleep(3)" in src and "time.sleep(0.5)" in src and callable(sci._pull_and_store_message)
+    # the receive's clean-up catches Exception only, and the run's end is not one (run_end_as_failure's reason)
+    assert "except Exception as err" in src and not issubclass(sci.RunNotRunningException, Exception)
     for fn in (http_grid.pull_objects, sci.pull_objects, run_clientapp.pull_and_inflate_object_from_tree):
         assert {"initial_backoff", "pull_object_fn"} <= set(inspect.signature(inspect.unwrap(fn)).parameters)
 
@@ -175,3 +194,44 @@ def test_pyproject_pins_flower_to_the_tested_release() -> None:
     constraints = (ROOT / "deploy" / "constraints.txt").read_text()
     assert re.search(r"^flwr(\[simulation\])?==1\.42\.\d+$", constraints, re.M)
     assert "config" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+
+
+def test_a_finished_task_is_given_up_by_the_runner_not_answered_with_sigint() -> None:
+    """Flower's HTTP retry sends SIGINT to its own process on 401 (meant for one ClientApp process per task); the site's
+    runner serves every task in one process, so a task the SuperNode finished (its run ended) is given up instead."""
+    import httpx
+
+    from xincept.client.runner import task_giveup
+
+    def status(code: int) -> httpx.HTTPStatusError:
+        req = httpx.Request("POST", "http://127.0.0.1/v1/runtime/pull-object")
+        return httpx.HTTPStatusError("x", request=req, response=httpx.Response(code, request=req))
+
+    flowers: list[Exception] = []
+    giveup = task_giveup(lambda exc: flowers.append(exc) or False)
+    assert giveup(status(401)) and flowers == []  # never reaches Flower's SIGINT
+    assert not giveup(status(503)) and len(flowers) == 1  # the rest: Flower's decision
+    assert task_giveup(None)(status(401)) and not task_giveup(None)(status(503))
+
+
+def test_a_finished_tasks_heartbeat_goes_quiet_instead_of_raising() -> None:
+    import httpx
+
+    from xincept.client.runner import until_finished
+
+    req = httpx.Request("POST", "http://127.0.0.1/v1/runtime/send-task-heartbeat")
+    calls: list[int] = []
+
+    def beat_401() -> bool:
+        calls.append(1)
+        raise httpx.HTTPStatusError("x", request=req, response=httpx.Response(401, request=req))
+
+    beat = until_finished(beat_401)
+    assert beat() and beat() and len(calls) == 1  # asked once, then quiet
+    assert until_finished(lambda: False)() is False  # Flower's own answers pass through
+
+    def beat_500() -> bool:
+        raise httpx.HTTPStatusError("x", request=req, response=httpx.Response(500, request=req))
+
+    with pytest.raises(httpx.HTTPStatusError):
+        until_finished(beat_500)()

@@ -6,14 +6,20 @@ set a deployed round's time (bench/deployed.py):
 - the SuperNode sleeps 3 s whenever the SuperLink has no message for it, and 0.5 s between looks at its
   ClientApp's reply, although the next round's message arrives just after the site's previous reply;
 - a receiver may list a message before all of its objects have arrived, and Flower's object pull then backs off
-  1 s, 2 s, 4 s ... per missing object, while the arrays arrive within milliseconds.
+  1 s, 2 s, 4 s ... per missing object, while the arrays arrive within milliseconds;
+- when the server restarts while a SuperNode is receiving a message, the SuperLink answers that the message's run is
+  no longer running; Flower's SuperNode then ignores the message but leaves its task open (its
+  ``RunNotRunningException`` is a ``BaseException``, outside the clean-up of a failed receive), and the site's
+  runner waits for arrays that never come before it takes the next run's first message (45 s to 90 s of every
+  server restart; bench/deployed.py's restart and tests/test_e2e.py's server-killed test).
 
 :func:`apply` shortens them in the calling process, for one ``role``:
 
 - ``"supernode"`` (``python -m xincept.flower_compat flower-supernode ...``, started by ``xincept-client join``): the
   SuperNode's loop polls every ``ACTIVE_POLL_S`` while a run is active (within ``ACTIVE_WINDOW_S`` of its last
   message; an idle site keeps Flower's 3 s and adds no load), its reply poll takes ``REPLY_POLL_S``, its
-  object pulls retry quickly, and its node heartbeat comes every ``NODE_HEARTBEAT_S`` (the SuperLink's minimum)
+  object pulls retry quickly, a receive that the run's end interrupts is cleaned up like any failed receive
+  (:func:`run_end_as_failure`: the message, its objects and its task are dropped), and its node heartbeat comes every ``NODE_HEARTBEAT_S`` (the SuperLink's minimum)
   instead of 30 s, so a site that dies is offline, and named by the server, within about 20 s, not a minute;
 - ``"serverapp"`` (``xincept.server.app``, loaded by Flower's ``flwr-serverapp``): the grid's object pulls;
 - ``"runner"`` (``xincept.client.runner``): the ClientApp inputs' object pulls.
@@ -145,6 +151,34 @@ def shorten_supernode_loop(module: ModuleType) -> bool:
 
         module._pull_and_store_message = pull_and_mark  # type: ignore[attr-defined]
     shorten_pull_backoff(module, "pull_objects")  # the message's arrays, from the SuperLink
+    run_end_as_failure(module, "pull_objects")
+    return True
+
+
+class RunEndedWhileReceiving(RuntimeError):
+    """The run of a message ended (the server restarted or stopped it) while the SuperNode pulled the message's arrays."""
+
+
+def run_end_as_failure(module: ModuleType, name: str) -> bool:
+    """Make ``module.name`` raise :class:`RunEndedWhileReceiving` (an ``Exception``) where Flower's raises its
+    ``RunNotRunningException`` (a ``BaseException``), so that the SuperNode's receive treats the run's end like any
+    failed pull: it deletes the message and its objects and finishes the task, and the site's runner is never handed a
+    task whose arrays will not come. False, and nothing changed, where the function or the exception is missing."""
+    fn = getattr(module, name, None)
+    ended = getattr(module, "RunNotRunningException", None)
+    if fn is None or ended is None or getattr(fn, "_xincept_run_end", False):
+        return False
+
+    @functools.wraps(fn)
+    def pull(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ended as exc:
+            raise RunEndedWhileReceiving("the run ended (the server restarted or stopped it) while its message was "
+                                         "received; the message is dropped") from exc
+
+    pull._xincept_run_end = True  # type: ignore[attr-defined]
+    setattr(module, name, pull)
     return True
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xincept.common.fab import COMPONENTS, FAB_FILES, FabRefused, check_fab  # noqa: F401 (the site's check, re-exported)
@@ -84,6 +85,7 @@ class Runner:
         if token:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
             retry.max_time = TASK_REQUEST_LIMIT_S
+            retry.should_giveup = task_giveup(retry.should_giveup)
         else:  # AcquireTask: signed with the SuperNode's local secret (xincept.client.supernode.run_supernode)
             interceptors += acquire_signer()
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=True, root_certificates=None,
@@ -96,6 +98,43 @@ class Runner:
             answer_task(app, client)
         finally:
             client.close()
+
+
+def task_giveup(flowers: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
+    """A task's requests give up on 401 (the SuperNode finished the task: its run ended while its message was being
+    received), where Flower's retry, written for a ClientApp process per task, sends SIGINT to its own process: here
+    that would stop the runner, and with it the site, for one abandoned task. Everything else as Flower decides."""
+    import httpx
+
+    def giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(flowers(exc)) if flowers is not None else False
+
+    return giveup
+
+
+def until_finished(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
+    """A task's heartbeat that stops reporting once the SuperNode has finished the task (401: its run ended), instead
+    of a traceback from Flower's heartbeat thread; the task itself is abandoned by its own next request."""
+    import httpx
+
+    finished = False
+
+    def beat() -> bool:
+        nonlocal finished
+        if finished:
+            return True
+        try:
+            return heartbeat_fn()
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != httpx.codes.UNAUTHORIZED:
+                raise
+            finished = True
+            log.debug("site runner: the SuperNode finished this task (its run ended); no more heartbeats")
+            return True
+
+    return beat
 
 
 def acquire_signer() -> list:
@@ -126,7 +165,7 @@ def answer_task(app, client) -> None:
 
     from xincept.client.mods import sanitise
 
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat = HeartbeatSender(until_finished(make_task_heartbeat_fn_http(client)))
     heartbeat.start()
     context, status, details = None, SubStatus.FAILED, "task failed"
     try:

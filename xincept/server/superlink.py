@@ -232,6 +232,30 @@ def active_node_ids(env: dict[str, str], cwd: Path) -> set[int]:
     return {int(n["node-id"]) for n in doc["nodes"] if n.get("status") not in ("unregistered", "deleted")}
 
 
+def stop_stale_runs(env: dict[str, str], cwd: Path) -> list[int]:
+    """Stop, by Flower's `flwr stop`, every run the SuperLink's state still holds as not finished: after a restart
+    (the coordinator was killed, or the machine went down) the earlier run's ServerApp is gone, but Flower keeps its run
+    open until its heartbeat expires, and each site's SuperNode, reconnecting, is handed that run's pending message
+    and waits for arrays that died with the old SuperLink (about 35 s on this machine) before it takes the new run's.
+    Done over loopback before the hospitals' port opens; returns the run ids stopped."""
+    res = _flwr(["ls"], env, cwd)
+    doc = cli_result(res.stdout, "runs")
+    if res.returncode != 0 or doc is None:
+        raise ServerError(f"listing the SuperLink's runs failed: {(res.stdout + res.stderr).strip()[-500:]}")
+    stopped = []
+    for run in doc["runs"]:
+        if str(run.get("status", "")).startswith("finished"):
+            continue
+        run_id = int(run["run-id"])
+        stop = _flwr(["stop", str(run_id)], env, cwd)
+        if stop.returncode != 0:
+            raise ServerError(f"stopping run {run_id}, left open by the previous start, failed: "
+                              f"{(stop.stdout + stop.stderr).strip()[-500:]}")
+        log.info("stopped run %d (%s), left open by the previous start on this folder", run_id, run.get("status"))
+        stopped.append(run_id)
+    return stopped
+
+
 def register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, known: dict[int, str] | None = None) -> dict[int, str]:
     """Register each node's public key with the running SuperLink over loopback (Flower's CLI-managed node
     authentication); returns node id -> the site name each key was issued to.
@@ -295,12 +319,16 @@ def run_server(settings: FedSettings, opts: LinkOptions, timeout: float | None =
     signal.signal(signal.SIGTERM, _interrupt)
     private = Path(tempfile.mkdtemp(prefix="xincept-start-"))  # mode 0700: this user only
     secret = write_runtime_secret(private)  # a fresh one per start
+    database = Path(opts.database) if opts.database else state / "superlink.db"
+    had_state = database.is_file()  # an earlier start on this state: its runs may be left open
     link_log = (state / "superlink.log").open("ab")
     procs: dict[str, subprocess.Popen] = {}
     try:
         procs["SuperLink"] = subprocess.Popen(superlink_command(opts, state, secret), stdout=link_log, stderr=subprocess.STDOUT,
                                               env=env, start_new_session=True, cwd=state, preexec_fn=die_with_parent)
         wait_port(LOOPBACK, opts.control_port, 60, procs["SuperLink"])
+        if had_state:
+            stop_stale_runs(env, state)
         if opts.auth_keys is not None:  # over loopback, before the hospitals' port opens
             known = json.loads((state / NODE_NAMES).read_text()) if (state / NODE_NAMES).is_file() else {}
             names = register_nodes(public_keys(opts.auth_keys), env, state, {int(n): s for n, s in known.items()})

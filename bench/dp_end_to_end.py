@@ -91,8 +91,12 @@ def pooled(x, site, partition: str, epsilon: float | None, cfg, split: str = "te
     return {"accuracy": correct / n, "n_test": n // seeds, "noise_multiplier": runs[0][2]}
 
 
-def reference(weights: str, partition: str) -> float | None:
-    path = ROOT / "bench" / "results" / f"fed_{weights}_{partition.split(':')[0]}_cv.json"
+def reference(weights: str, partition: str, input_size: int) -> float | None:
+    """The non-private federated model's pooled accuracy on the same folds, with the same weights and input size
+    (bench/federation.py: fed_imagenet_iid_cv.json at 224 px, fed_imagenet299_iid_cv.json at 299 px); None where not
+    measured."""
+    size = "" if input_size == 224 else str(input_size)
+    path = ROOT / "bench" / "results" / f"fed_{weights}{size}_{partition.split(':')[0]}_cv.json"
     return json.loads(path.read_text())["accuracy"] if path.is_file() else None
 
 
@@ -134,8 +138,9 @@ def main() -> None:
                 cfg = replace(base, unit=unit, steps=auto_dp_steps(eps))  # what `--dp-mode whole-model` runs
                 r = pooled(x, site, partition, eps, cfg, "test", args.seeds, distributed=secure)
                 rows.append({"epsilon": eps, "delta": DELTA, "unit": unit, "partition": partition, "secure_aggregation": secure,
-                             "weights": f"{weights} ({args.backbone})", "accuracy": r["accuracy"], "n_test": r["n_test"],
-                             "noise_multiplier": r["noise_multiplier"], "non_private_accuracy": reference(weights, partition),
+                             "weights": f"{weights} ({args.backbone}, {args.input_size} px)", "input_size": args.input_size,
+                             "accuracy": r["accuracy"], "n_test": r["n_test"], "noise_multiplier": r["noise_multiplier"],
+                             "non_private_accuracy": reference(weights, partition, args.input_size),
                              "non_private_linear_accuracy": plain, "model": "linear head, full-batch DP gradient descent",
                              "noise": "each site 1/sqrt(3) of it (3: the threshold of 4 sites), the sum by secure aggregation (distributed DP)" if secure
                                       else "each site all of it (local)", "config": cfg.describe()})
@@ -151,7 +156,8 @@ def main() -> None:
                                  "epsilon holds while at least 3 sites add their share of the noise; the server with k "
                                  "colluding sites faces sqrt((4 - k) / 3) of it. false: each site's noise alone gives its "
                                  "epsilon.",
-                        "command": "python bench/dp_end_to_end.py --data ../shared/datasets/all4 --weights-dir W --cache-dir CACHE",
+                        "command": "python bench/dp_end_to_end.py --data ../shared/datasets/all4 --weights-dir W --cache-dir CACHE "
+                                   f"--input-size {args.input_size}", "input_size": args.input_size,
                         "wall_s": round(time.time() - t0, 1), "rows": rows}, indent=1))
 
 

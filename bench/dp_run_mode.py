@@ -51,7 +51,8 @@ def main() -> None:
             g, wm = m["global"], m["whole_model_dp"]
             rows.append({"epsilon": eps, "delta": m["settings"]["dp-delta"], "unit": m["settings"]["dp-unit"],
                          "secure_aggregation": secure, "fold": args.fold,
-                         "weights": f"{'imagenet' if args.weights_dir else 'random'} ({args.backbone})",
+                         "weights": f"{'imagenet' if args.weights_dir else 'random'} ({args.backbone}, {m['settings']['input-size']} px)",
+                         "input_size": m["settings"]["input-size"],
                          "measured_accuracy": g["accuracy"], "accuracy_noise_sd": g["dp_noise"]["accuracy_sd"],
                          "n_noisy": g["n"], "epsilon_per_site": {s: p["epsilon"] for s, p in m["privacy"].items()},
                          "noise_multiplier": wm["noise_multiplier"], "steps": wm["steps"], "noise": wm["noise"],

@@ -19,6 +19,12 @@ def test_whole_model_mode_settles_what_would_leave_outside_the_budget() -> None:
     # steps not given: fewer for more noise (chosen on the validation splits); given: as given, also through the
     # settings every site receives (the plan must be the same at the server and at every site)
     assert (s.dp_steps, FedSettings(dp_mode="whole-model", dp_epsilon=8.0).dp_steps) == (80, 160)
+    # the input size follows the mode unless given: 299 px in whole-model DP (better features for the linear head)
+    assert (s.input_size, FedSettings().input_size, FedSettings(dp_epsilon=3.0).input_size) == (299, 224, 224)
+    assert FedSettings(dp_mode="whole-model", dp_epsilon=3.0, input_size=224).input_size == 224
+    assert FedSettings.from_flat(s.client_flat()).input_size == 299  # the sites embed at the size the server settled
+    with pytest.raises(SettingError, match="input-size=8"):
+        FedSettings(input_size=8)
     given = FedSettings(dp_mode="whole-model", dp_epsilon=8.0, dp_steps=12)
     assert given.dp_steps == 12 and FedSettings.from_flat(given.client_flat()).dp_steps == 12
     with pytest.raises(SettingError, match="--dp-epsilon"):

@@ -104,14 +104,19 @@ def task_giveup(flowers: Callable[[Exception], bool] | None) -> Callable[[Except
     """A task's requests give up on 401 (the SuperNode finished the task: its run ended while its message was being
     received), where Flower's retry, written for a ClientApp process per task, sends SIGINT to its own process: here
     that would stop the runner, and with it the site, for one abandoned task. Everything else as Flower decides."""
-    import httpx
 
     def giveup(exc: Exception) -> bool:
-        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+        if _unauthorized(exc):
             return True
         return bool(flowers(exc)) if flowers is not None else False
 
     return giveup
+
+
+def _unauthorized(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED
 
 
 def until_finished(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
@@ -128,7 +133,7 @@ def until_finished(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
         try:
             return heartbeat_fn()
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != httpx.codes.UNAUTHORIZED:
+            if not _unauthorized(exc):
                 raise
             finished = True
             log.debug("site runner: the SuperNode finished this task (its run ended); no more heartbeats")
@@ -185,9 +190,11 @@ def answer_task(app, client) -> None:
                                   reason=sanitise(f"{type(exc).__name__}: {exc}")), reply_to=message)
         push_message(client, reply, context)
     except Exception as exc:  # noqa: BLE001 (a broken task must not stop the site)
-        if context is None:  # the message never arrived: its run ended (a server restart), or the SuperNode dropped it
+        if context is None and _unauthorized(exc):  # the SuperNode finished the task: its run ended (a server restart)
+            log.warning("site runner: a task's run ended before its message arrived; the task is abandoned")
+        elif context is None:  # the message never arrived, or the SuperNode dropped it
             log.warning("site runner: a task's message could not be read (%s: %s); the task is abandoned",
-                        type(exc).__name__, str(exc)[:200])
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
         else:
             log.exception("site: task failed")
     finally:

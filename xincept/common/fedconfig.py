@@ -34,6 +34,18 @@ def auto_dp_steps(epsilon: float) -> int:
     return 80 if epsilon < 5 else 160
 
 
+THESIS_INPUT_SIZE = 224  # the thesis' input size, and the ALL images' own
+WHOLE_MODEL_DP_INPUT_SIZE = 299  # Xception's ImageNet training size
+
+
+def auto_input_size(dp_mode: str) -> int:
+    """The backbones' input size when --input-size is not given: the thesis' 224 px, and 299 px in whole-model DP,
+    where the linear head on frozen features gains most from better features (sites' validation splits, IID,
+    distributed noise, 3 draws x 5 folds, ImageNet Xception: epsilon 3, 80 steps: 94.2% at 224 px, 95.6% at 299 px;
+    bench/dp_end_to_end.py --tune). The embedding takes about twice as long at 299 px; it is cached per size."""
+    return WHOLE_MODEL_DP_INPUT_SIZE if dp_mode == "whole-model" else THESIS_INPUT_SIZE
+
+
 # The server's own paths, addresses and run control: never sent to the sites (everything else is, whole).
 SERVER_ONLY = frozenset({"out_dir", "resume", "stop_after_round", "join_timeout", "round_timeout", "min_sites", "expect_sites",
                          "xgb_tls_dir", "public_host", "insecure"})
@@ -63,7 +75,7 @@ class FedSettings:
     select_round: str = "best-val"  # best-val: the round with the best aggregated validation accuracy | last
     stop_after_round: int = 0  # testing aid: stop (as if killed) after this round
     backbones: str = ",".join(THESIS_BACKBONES)
-    input_size: int = 224
+    input_size: int = 0  # backbone input in pixels; 0: auto_input_size (224, or 299 in whole-model DP)
     pretrained: bool = True
     random_backbones: str = ""  # comma-separated: these backbones random (labelled), the others pretrained
     precision: str = "auto"
@@ -123,6 +135,11 @@ class FedSettings:
             object.__setattr__(self, "server_lr", AUTO_SERVER_LR.get(self.strategy, DEFAULT_SERVER_LR))
         if self.dp_mode not in DP_MODES:
             raise SettingError(f"dp-mode={self.dp_mode!r}: choose head (DP-SGD on the fused head) or whole-model")
+        if self.input_size == 0:
+            object.__setattr__(self, "input_size", auto_input_size(self.dp_mode))
+        if self.input_size < 32:
+            raise SettingError(f"input-size={self.input_size}: give the backbones' input in pixels (at least 32), or 0 for "
+                               f"the default ({THESIS_INPUT_SIZE}; {WHOLE_MODEL_DP_INPUT_SIZE} with --dp-mode whole-model)")
         if self.dp_mode == "whole-model":
             self._settle_whole_model_dp()
         if self.head_members == 0:

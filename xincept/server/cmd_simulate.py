@@ -32,7 +32,7 @@ DpModeOpt = Annotated[str | None, setting_option("dp_mode", "--dp-mode", help="W
 DpUnitOpt = Annotated[str | None, setting_option("dp_unit", "--dp-unit", help="Whole-model DP's privacy unit: image, or patient (the site's patient groups, each clipped as one).")]
 DpStepsOpt = Annotated[int | None, setting_option("dp_steps", "--dp-steps", help="Whole-model DP: full-batch gradient steps (each one message per site); 0: 80 below --dp-epsilon 5, 160 from 5.")]
 SecureAggOpt = Annotated[bool | None, setting_option("secure_aggregation", "--secure-aggregation/--no-secure-aggregation", help="Sum the head updates by secure aggregation: the server learns only their sum (four messages per round; FedAvg or FedProx).")]
-FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels (thesis: 224).")]
+FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels; 0: 224 (the thesis), 299 with --dp-mode whole-model.")]
 FedBackbonesOpt = Annotated[str | None, setting_option("backbones", "--backbones", help="Comma-separated timm backbone names (the thesis pair by default).")]
 FedGroupBlockOpt = Annotated[int | None, setting_option("group_block", "--group-block", help="Consecutive file numbers per patient group (used when no manifest group column).")]
 FedPrecisionOpt = Annotated[str | None, setting_option("precision", "--precision", help="Embedding numerics: auto (bf16 on CPUs with AVX-512 BF16, fp16 on CUDA) or fp32.")]

@@ -15,7 +15,8 @@ it exists (the shipped model: fused head and XGBoost), and the same linear head 
 
 Hyperparameters (steps, learning rate) were chosen on the sites' validation splits at
 epsilon 3 (IID), never on the test folds: `--tune` prints that search at the given epsilons: the run mode's default steps
-(xincept.common.fedconfig.auto_dp_steps: 80 below epsilon 5, 160 from 5) come from it.
+(xincept.common.fedconfig.auto_dp_steps: 80 below epsilon 5, 160 from 5; with distributed noise 120 from epsilon 2 to 5)
+come from it, as does the run mode's input size in whole-model DP (299 px: xincept.common.fedconfig.auto_input_size).
 
     python bench/dp_end_to_end.py --data ../shared/datasets/all4 --weights-dir W --cache-dir CACHE [--partition iid]
 """
@@ -106,27 +107,31 @@ def main() -> None:
     ap.add_argument("--weights-dir", type=Path, default=None, help="staged ImageNet weights (absent: random weights)")
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--backbone", default="legacy_xception")
-    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--input-size", type=int, default=0, help="0: what `--dp-mode whole-model` embeds at (299 px)")
     ap.add_argument("--partitions", default="iid,dirichlet:0.5")
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--seeds", type=int, default=3, help="noise draws per fold (the accuracy is pooled over them)")
-    ap.add_argument("--tune", action="store_true", help="print the validation-split search (IID, at --epsilons) and stop")
+    ap.add_argument("--tune", action="store_true", help="print the validation-split search (IID, local and distributed noise, at --epsilons) and stop")
     args = ap.parse_args()
 
     from xincept.common.dp_linear import LinearDPConfig, scale_features
-    from xincept.common.fedconfig import auto_dp_steps
+    from xincept.common.fedconfig import auto_dp_steps, auto_input_size
+
+    args.input_size = args.input_size or auto_input_size("whole-model")
 
     site = load(args.data, args.weights_dir, args.cache_dir, args.backbone, args.input_size)
     x = scale_features([site.embeddings.base[b.name] for b in site.backbones])
     weights = "imagenet" if args.weights_dir else "random"
     base = LinearDPConfig()
     if args.tune:  # trained on the training splits, scored on the validation splits; never on a test fold
-        for eps in [float(e) for e in args.epsilons.split(",")]:
-            for steps in (80, 120, 160, 240):
-                cfg = replace(base, steps=steps)
-                r = pooled(x, site, "iid", eps, cfg, "val", args.seeds)
-                print(json.dumps({"epsilon": eps, "steps": steps, "lr": cfg.lr, "stats_share": cfg.stats_share,
-                                  "val_accuracy": round(r["accuracy"], 4)}), flush=True)
+        for distributed in (False, True):
+            for eps in [float(e) for e in args.epsilons.split(",")]:
+                for steps in (80, 120, 160, 240):
+                    cfg = replace(base, steps=steps)
+                    r = pooled(x, site, "iid", eps, cfg, "val", args.seeds, distributed=distributed)
+                    print(json.dumps({"epsilon": eps, "noise": "distributed" if distributed else "local", "steps": steps,
+                                      "input_size": args.input_size, "lr": cfg.lr, "stats_share": cfg.stats_share,
+                                      "val_accuracy": round(r["accuracy"], 4)}), flush=True)
         return
     rows, t0 = [], time.time()
     for partition in args.partitions.split(","):
@@ -135,7 +140,7 @@ def main() -> None:
             for eps in [float(e) for e in args.epsilons.split(",")]:
                 if unit == "patient" and eps != 8:
                     continue
-                cfg = replace(base, unit=unit, steps=auto_dp_steps(eps))  # what `--dp-mode whole-model` runs
+                cfg = replace(base, unit=unit, steps=auto_dp_steps(eps, secure))  # what `--dp-mode whole-model` runs
                 r = pooled(x, site, partition, eps, cfg, "test", args.seeds, distributed=secure)
                 rows.append({"epsilon": eps, "delta": DELTA, "unit": unit, "partition": partition, "secure_aggregation": secure,
                              "weights": f"{weights} ({args.backbone}, {args.input_size} px)", "input_size": args.input_size,

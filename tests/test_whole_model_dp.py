@@ -19,6 +19,9 @@ def test_whole_model_mode_settles_what_would_leave_outside_the_budget() -> None:
     # steps not given: fewer for more noise (chosen on the validation splits); given: as given, also through the
     # settings every site receives (the plan must be the same at the server and at every site)
     assert (s.dp_steps, FedSettings(dp_mode="whole-model", dp_epsilon=8.0).dp_steps) == (80, 160)
+    # distributed noise (secure aggregation) is smaller per step: more steps below epsilon 5, from epsilon 2
+    secure = {e: FedSettings(dp_mode="whole-model", dp_epsilon=e, secure_aggregation=True).dp_steps for e in (1.0, 3.0, 8.0)}
+    assert secure == {1.0: 80, 3.0: 120, 8.0: 160}
     # the input size follows the mode unless given: 299 px in whole-model DP (better features for the linear head)
     assert (s.input_size, FedSettings().input_size, FedSettings(dp_epsilon=3.0).input_size) == (299, 224, 224)
     assert FedSettings(dp_mode="whole-model", dp_epsilon=3.0, input_size=224).input_size == 224

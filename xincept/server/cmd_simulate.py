@@ -30,7 +30,7 @@ DpEpsilonOpt = Annotated[float | None, setting_option("dp_epsilon", "--dp-epsilo
 DpDeltaOpt = Annotated[float | None, setting_option("dp_delta", "--dp-delta", help="DP delta per site.")]
 DpModeOpt = Annotated[str | None, setting_option("dp_mode", "--dp-mode", help="With --dp-epsilon: head (DP-SGD on the fused head; XGBoost, feature sums and counts outside it) or whole-model (a linear head by full-batch DP gradient descent; every release of a site, its test counts included, under its one epsilon; no XGBoost).")]
 DpUnitOpt = Annotated[str | None, setting_option("dp_unit", "--dp-unit", help="Whole-model DP's privacy unit: image, or patient (the site's patient groups, each clipped as one).")]
-DpStepsOpt = Annotated[int | None, setting_option("dp_steps", "--dp-steps", help="Whole-model DP: full-batch gradient steps (each one message per site); 0: 80 below --dp-epsilon 5, 160 from 5.")]
+DpStepsOpt = Annotated[int | None, setting_option("dp_steps", "--dp-steps", help="Whole-model DP: full-batch gradient steps (each one message per site); 0: 80 below --dp-epsilon 5 (120 from 2 with --secure-aggregation), 160 from 5.")]
 SecureAggOpt = Annotated[bool | None, setting_option("secure_aggregation", "--secure-aggregation/--no-secure-aggregation", help="Sum the head updates by secure aggregation: the server learns only their sum (four messages per round; FedAvg or FedProx).")]
 FedInputSizeOpt = Annotated[int | None, setting_option("input_size", "--input-size", help="Backbone input size in pixels; 0: 224 (the thesis), 299 with --dp-mode whole-model.")]
 FedBackbonesOpt = Annotated[str | None, setting_option("backbones", "--backbones", help="Comma-separated timm backbone names (the thesis pair by default).")]

@@ -32,8 +32,11 @@ if [[ -n "$weights" ]]; then
   imagenet labelskew_cv --folds 5 --sites 4 --partition label-skew:2 --no-loso
   imagenet dirichlet --sites 4 --partition dirichlet:0.5      # fold 0 with leave-one-site-out (cross-site validation)
   for eps in 8 3 1; do imagenet "dp${eps}_cv" --folds 5 --sites 4 --partition iid --no-loso --dp-epsilon "$eps"; done
-  # whole-model DP (every release covered) beside the rows above, after them (it reads their non-private accuracy)
+  # whole-model DP (every release covered) embeds at 299 px: its non-private reference, the same federation at 299 px
+  fed imagenet299_iid_cv --weights-dir "$weights" --folds 5 --sites 4 --partition iid --no-loso -- --backbones legacy_xception --input-size 299
+  # ... and the DP rows beside it, after it (it reads its non-private accuracy)
   run dp_end_to_end python bench/dp_end_to_end.py --data "$data" --cache-dir "$cache" --weights-dir "$weights"
+  run dp_run_mode python bench/dp_run_mode.py --data "$data" --cache-dir "$cache" --weights-dir "$weights"
 fi
 
 run dp python bench/dp.py

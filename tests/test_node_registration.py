@@ -20,6 +20,7 @@ class FakeFlowerCli:
         self.by_key: dict[str, int] = {}
         self.status: dict[int, str] = {}
         self.calls: list[list[str]] = []
+        self.runs: dict[int, str] = {}
 
     def __call__(self, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
         self.calls.append(args)
@@ -35,6 +36,12 @@ class FakeFlowerCli:
             return subprocess.CompletedProcess(args, 0, json.dumps({"success": True, "nodes": nodes}), "")
         if args[:2] == ["supernode", "unregister"]:
             self.status[int(args[2])] = "unregistered"
+            return subprocess.CompletedProcess(args, 0, json.dumps({"success": True}), "")
+        if args == ["ls"]:
+            runs = [{"run-id": str(r), "status": s} for r, s in self.runs.items()]
+            return subprocess.CompletedProcess(args, 0, json.dumps({"success": True, "runs": runs}), "")
+        if args[0] == "stop":
+            self.runs[int(args[1])] = "finished:stopped"
             return subprocess.CompletedProcess(args, 0, json.dumps({"success": True}), "")
         raise AssertionError(args)
 
@@ -89,3 +96,14 @@ def test_fresh_forgets_the_superlink_state(tmp_path: Path) -> None:
 def test_the_superlink_keeps_its_state_in_a_file_in_the_state_folder(tmp_path: Path) -> None:
     cmd = superlink.superlink_command(superlink.LinkOptions(insecure=True), tmp_path, tmp_path / "secret")
     assert cmd[cmd.index("--database") + 1] == str(tmp_path / "superlink.db")
+
+
+def test_a_restart_stops_the_runs_the_killed_start_left_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed start leaves its run "running" in the SuperLink's state; the next start stops it (and only it) before
+    the hospitals' port opens, so reconnecting sites are not handed the dead run's message."""
+    cli = FakeFlowerCli()
+    cli.runs = {7: "finished:completed", 8: "running", 9: "pending"}
+    monkeypatch.setattr(superlink, "_flwr", cli)
+    assert superlink.stop_stale_runs({}, tmp_path) == [8, 9]
+    assert [c for c in cli.calls if c[0] == "stop"] == [["stop", "8"], ["stop", "9"]]
+    assert superlink.stop_stale_runs({}, tmp_path) == []  # nothing left open

@@ -11,7 +11,7 @@ set a deployed round's time (bench/deployed.py):
   no longer running; Flower's SuperNode then ignores the message but leaves its task open (its
   ``RunNotRunningException`` is a ``BaseException``, outside the clean-up of a failed receive), and the site's
   runner waits for arrays that never come before it takes the next run's first message (45 s to 90 s of every
-  server restart; bench/deployed.py's restart and tests/test_e2e.py's server-killed test).
+  server restart; tests/test_e2e.py's server-killed test).
 
 :func:`apply` shortens them in the calling process, for one ``role``:
 
@@ -162,8 +162,8 @@ class RunEndedWhileReceiving(RuntimeError):
 def run_end_as_failure(module: ModuleType, name: str) -> bool:
     """Make ``module.name`` raise :class:`RunEndedWhileReceiving` (an ``Exception``) where Flower's raises its
     ``RunNotRunningException`` (a ``BaseException``), so that the SuperNode's receive treats the run's end like any
-    failed pull: it deletes the message and its objects and finishes the task, and the site's runner is never handed a
-    task whose arrays will not come. False, and nothing changed, where the function or the exception is missing."""
+    failed pull: it deletes the message and its objects and finishes the task; a runner that took the task already
+    is then refused (401) and abandons it (xincept.client.runner.task_giveup) instead of waiting for its arrays. False, and nothing changed, where the function or the exception is missing."""
     fn = getattr(module, name, None)
     ended = getattr(module, "RunNotRunningException", None)
     if fn is None or ended is None or getattr(fn, "_xincept_run_end", False):

@@ -122,8 +122,6 @@ def _unauthorized(exc: BaseException) -> bool:
 def until_finished(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
     """A task's heartbeat that stops reporting once the SuperNode has finished the task (401: its run ended), instead
     of a traceback from Flower's heartbeat thread; the task itself is abandoned by its own next request."""
-    import httpx
-
     finished = False
 
     def beat() -> bool:
@@ -132,7 +130,7 @@ def until_finished(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
             return True
         try:
             return heartbeat_fn()
-        except httpx.HTTPStatusError as exc:
+        except Exception as exc:  # noqa: BLE001 (re-raised unless it is the 401 of a finished task)
             if not _unauthorized(exc):
                 raise
             finished = True
